@@ -1,0 +1,67 @@
+"""``cclray`` console entry point: a thin argparse front over one module per subcommand.
+
+Each ``cclray/commands/<name>.py`` defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
+and imports heavy modules (torch, ray, zarr) only inside ``run``, so ``cclray --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> one-line help (kept here so `--help` imports no command module)
+COMMANDS: dict[str, str] = {
+    "phantom": "write a phantom BraTS-layout NIfTI cohort (no download)",
+    "prep": "ingest a BraTS NIfTI folder into a Zarr v3 store (masks, normalization, constraint maps, splits)",
+    "constraint": "add a constraint-map setting to a store, or draw one as PNG",
+    "pretrain": "stage 1: CCL pretraining (Ray Train)",
+    "finetune": "stage 2: T1w+T2w synthesis, from a pretrain run or from scratch (Ray Train)",
+    "evaluate": "sliding-window evaluation of runs on a split: CSV, table, figure",
+    "export": "export a synthesizer to ONNX with its model card",
+    "synthesize": "run an ONNX synthesizer on NIfTI inputs (no torch needed)",
+    "tune": "Ray Tune search over constraint and loss settings",
+    "demo": "the end-to-end demo on the phantom cohort",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from cclray import __version__
+
+    parser = argparse.ArgumentParser(prog="cclray", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cclray {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    # only the chosen command's module is imported (all of them when none is chosen, e.g. for docs)
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_command=name)
+        if name == wanted or (wanted is None and not argv):
+            _module(name).add_arguments(p)
+    return parser
+
+
+def _module(name: str):
+    return importlib.import_module(f"cclray.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "_command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(_module(args._command).run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up .venv (if needed) and runs the default test suite (everything not marked slow).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` for the heavy tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(-m "not slow")
+set +e
+python -m pytest -q "${args[@]}"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "pytest collected no test for: ${args[*]}"; exit 0; fi
+exit $rc
