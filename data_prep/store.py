@@ -43,6 +43,12 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+def local_path(url: str) -> str:
+    """``file:///x`` -> ``/x`` (zarr then uses its LocalStore, which creates folders); other URLs unchanged."""
+    url = str(url)
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
 class StoreError(RuntimeError):
     """The store is missing, of another schema, or a subject in it is incomplete."""
 
@@ -51,7 +57,7 @@ class Store:
     """A cclray Zarr v3 store. ``Store.create`` makes a new one; ``Store(url)`` opens an existing one."""
 
     def __init__(self, url: str, mode: str = "r", storage_options: dict | None = None):
-        self.url = str(url)
+        self.url = local_path(url)
         self.storage_options = storage_options
         try:
             self.root = zarr.open_group(store=self.url, mode=mode, zarr_format=3,
@@ -71,7 +77,8 @@ class Store:
                storage_options: dict | None = None) -> "Store":
         """Create (or reopen, when it holds the same prep config) the store at ``url``."""
         layout = layout or Layout()
-        root = zarr.open_group(store=str(url), mode="a", zarr_format=3, storage_options=storage_options)
+        url = local_path(url)
+        root = zarr.open_group(store=url, mode="a", zarr_format=3, storage_options=storage_options)
         existing = root.attrs.get("prep_config")
         if existing is not None and existing != _jsonable(prep_config):
             raise StoreError(
