@@ -1,0 +1,218 @@
+"""Streaming random 3D patches from a cclray Zarr store: a torch ``IterableDataset`` and its loader.
+
+Sharding: subjects (not patches) are split across ranks (:func:`shard_subjects`), then across the
+DataLoader workers of a rank; each rank yields ``samples_per_epoch // world_size`` samples an epoch,
+dealt to its workers in whole batches, so every rank takes the same number of optimizer steps.
+Everything is deterministic given ``(seed, epoch, rank, worker)``.
+
+Sampling: a *visit* picks a subject, a region centre (foreground with probability ``fg_fraction``)
+and reads a region of ``patch_size * region_factor`` voxels once (image, mask, constraint), then
+cuts ``patches_per_volume`` patches from it, each centred on a region foreground voxel with
+probability ``fg_fraction``, else uniform; boxes are clamped inside the volume and padded (zeros,
+mask 0) only where the volume is smaller than the patch.
+
+No store handle is opened in ``__init__``: the reader opens lazily in the process that iterates
+(each DataLoader worker; forkserver start, zarr/fsspec/tensorstore are not fork-safe).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_prep.config import ConfigError, FrozenConfig, require
+from data_prep.schema import canonical_contrast, channel_index
+
+from .sampling import (box_around, choose_centre, cut, foreground_sample, region_size, shard_subjects,
+                       subject_seed, worker_count)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatchConfig(FrozenConfig):
+    """How patches are sampled and batched."""
+
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 2
+    fg_fraction: float = 0.67  # share of patches centred on a foreground (brain) voxel; rest uniform
+    patches_per_volume: int = 4  # patches cut from one loaded region before moving on
+    region_factor: float = 1.5  # region edge = patch edge x this (when patches_per_volume > 1), capped at the volume
+    augment: bool = True  # random flips (3 axes) + per-channel intensity scale/shift on inputs
+    num_workers: int = 1  # DataLoader workers per training process
+    samples_per_epoch: int = 64
+
+    def validate(self) -> None:
+        require(all(p >= 1 for p in self.patch_size),
+                f"PatchConfig.patch_size={list(self.patch_size)}: every edge must be >= 1")
+        require(self.batch_size >= 1, f"PatchConfig.batch_size={self.batch_size}: must be >= 1")
+        require(0.0 <= self.fg_fraction <= 1.0, f"PatchConfig.fg_fraction={self.fg_fraction}: must be in [0, 1]")
+        require(self.patches_per_volume >= 1,
+                f"PatchConfig.patches_per_volume={self.patches_per_volume}: must be >= 1")
+        require(self.region_factor >= 1.0, f"PatchConfig.region_factor={self.region_factor}: must be >= 1")
+        require(self.num_workers >= 0, f"PatchConfig.num_workers={self.num_workers}: must be >= 0")
+        require(self.samples_per_epoch >= 1,
+                f"PatchConfig.samples_per_epoch={self.samples_per_epoch}: must be >= 1")
+
+
+class PatchDataset(torch.utils.data.IterableDataset):
+    """Random patches of ``subjects`` of the store at ``store_url``, this rank's share of them.
+
+    Yields one dict a sample (the DataLoader batches them):
+      ``"input"``  float32 ``(len(inputs), px, py, pz)`` — the ``inputs`` contrasts, normalized;
+      ``"target"`` float32 ``(len(targets), px, py, pz)`` — only when ``targets`` are given;
+      ``"mask"``   bool ``(px, py, pz)`` — brain mask (False in padding);
+      ``"constraint"`` int64 ``(px, py, pz)`` — cluster labels of store array
+      ``constraint/<constraint>`` (only when ``constraint`` is given);
+      ``"sid"``    str — the subject id.
+    """
+
+    def __init__(self, store_url: str, subjects: list[str], cfg: PatchConfig, inputs: tuple[str, ...],
+                 targets: tuple[str, ...] = (), constraint: str | None = None,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0):
+        super().__init__()
+        if not inputs:
+            raise ConfigError("PatchDataset needs at least one input contrast, e.g. inputs=('t1gd', 'flair')")
+        self.store_url = str(store_url)
+        self.inputs = tuple(canonical_contrast(c) for c in inputs)
+        self.targets = tuple(canonical_contrast(c) for c in targets)
+        self.constraint = constraint
+        self.cfg = cfg
+        self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        self.subjects = shard_subjects(list(subjects), self.rank, self.world_size)  # validates rank/world
+        self.n_rank = cfg.samples_per_epoch // self.world_size
+        if self.n_rank < 1:
+            raise ConfigError(f"PatchConfig.samples_per_epoch={cfg.samples_per_epoch} < world_size="
+                              f"{self.world_size}: raise samples_per_epoch to at least the number of workers")
+        self._in_idx = [channel_index(c) for c in self.inputs]
+        self._tgt_idx = [channel_index(c) for c in self.targets]
+        # The epoch lives in shared memory so persistent DataLoader workers see set_epoch().
+        self._epoch = int(epoch)
+        self._shared_epoch = multiprocessing.get_context("spawn").RawValue("q", int(epoch))
+        self._reader = None  # opened lazily where iterated
+        self._fg: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # sid -> (shape, fg flat idx)
+
+    # ---------------------------------------------------------------- epoch and pickling
+    @property
+    def epoch(self) -> int:
+        return int(self._shared_epoch.value) if self._shared_epoch is not None else self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch (changes every random draw); seen by already-running persistent workers."""
+        self._epoch = int(epoch)
+        if self._shared_epoch is not None:
+            self._shared_epoch.value = int(epoch)
+
+    def __len__(self) -> int:
+        """Samples this rank yields an epoch (all its workers together)."""
+        return self.n_rank
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"], state["_fg"] = None, {}  # never ship open handles to another process
+        if multiprocessing.context.get_spawning_popen() is None:  # plain pickle, not a worker start
+            state["_epoch"], state["_shared_epoch"] = self.epoch, None
+        return state
+
+    # ---------------------------------------------------------------- reading
+    def _open(self):
+        if self._reader is None:
+            from data_prep.reader import PatchReader
+
+            self._reader = PatchReader(self.store_url)
+        return self._reader
+
+    def _subject(self, sid: str) -> tuple[tuple[int, ...], np.ndarray]:
+        """Cropped shape and a foreground sample of ``sid`` (whole mask read once per process)."""
+        if sid not in self._fg:
+            reader = self._open()
+            mask = reader.read(sid, "mask")
+            fg = foreground_sample(mask, subject_seed(self.seed, sid))
+            if fg.size == 0:
+                log.warning("subject %s of %s has an empty brain mask: its patches are uniform", sid,
+                            self.store_url)
+            self._fg[sid] = (tuple(int(s) for s in mask.shape), fg)
+        return self._fg[sid]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        subjects = shard_subjects(self.subjects, wid, n_workers)  # then across this rank's workers
+        count = worker_count(self.n_rank, n_workers, wid, self.cfg.batch_size)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+        return self._samples(rng, subjects, count)
+
+    def _samples(self, rng: np.random.Generator, subjects: list[str], count: int):
+        cfg, reader = self.cfg, self._open()
+        order: list[int] = []
+        emitted = 0
+        while emitted < count:
+            if not order:  # visit every subject of the shard once before repeating any
+                order = list(rng.permutation(len(subjects)))
+            sid = subjects[order.pop()]
+            shape, fg = self._subject(sid)
+            centre = choose_centre(rng, shape, fg, cfg.fg_fraction)
+            rbox = box_around(centre, shape,
+                              region_size(cfg.patch_size, shape, cfg.patches_per_volume, cfg.region_factor))
+            image = reader.read(sid, "image", rbox)  # (4, rx, ry, rz), as stored (float16)
+            mask = reader.read(sid, "mask", rbox).astype(bool)  # (rx, ry, rz)
+            labels = reader.read(sid, f"constraint/{self.constraint}", rbox) if self.constraint else None
+            rfg = np.flatnonzero(mask)
+            for _ in range(min(cfg.patches_per_volume, count - emitted)):
+                local = choose_centre(rng, mask.shape, rfg, cfg.fg_fraction)
+                pbox = box_around(local, mask.shape, cfg.patch_size)
+                yield self._sample(rng, sid, image, mask, labels, pbox)
+                emitted += 1
+
+    def _sample(self, rng, sid, image, mask, labels, pbox) -> dict:
+        p = self.cfg.patch_size
+        img = cut(image, pbox, p).astype(np.float32)  # (4, px, py, pz)
+        m = cut(mask, pbox, p, fill=False)
+        x = img[self._in_idx]
+        y = img[self._tgt_idx] if self.targets else None
+        k = cut(labels, pbox, p).astype(np.int64) if labels is not None else None
+        if self.cfg.augment:
+            x, y, m, k = augment(rng, x, y, m, k)
+        out = {"input": torch.from_numpy(np.ascontiguousarray(x)), "mask": torch.from_numpy(np.ascontiguousarray(m))}
+        if y is not None:
+            out["target"] = torch.from_numpy(np.ascontiguousarray(y))
+        if k is not None:
+            out["constraint"] = torch.from_numpy(np.ascontiguousarray(k))
+        out["sid"] = sid
+        return out
+
+
+def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray | None, m: np.ndarray,
+            k: np.ndarray | None):
+    """Random flips of the 3 spatial axes, the same for input ``x`` ``(C, X, Y, Z)``, target ``y``
+    ``(T, X, Y, Z)``, mask ``m`` and constraint ``k`` ``(X, Y, Z)``; then per input channel an
+    intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1] inside the mask (background stays 0, as
+    the runtime sees it). Targets are never rescaled."""
+    for axis in range(3):
+        if rng.random() < 0.5:
+            x = np.flip(x, axis + 1)
+            y = np.flip(y, axis + 1) if y is not None else None
+            m = np.flip(m, axis)
+            k = np.flip(k, axis) if k is not None else None
+    scale = rng.uniform(0.9, 1.1, size=(x.shape[0], 1, 1, 1)).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, size=(x.shape[0], 1, 1, 1)).astype(np.float32)
+    x = np.where(m[None], x * scale + shift, x)
+    return x, y, m, k
+
+
+def make_loader(dataset: PatchDataset, cfg: PatchConfig) -> torch.utils.data.DataLoader:
+    """DataLoader over ``dataset``: ``cfg.batch_size``, ``cfg.num_workers`` persistent forkserver
+    workers (none: the main process reads), pinned memory only with CUDA.
+
+    Batches: ``"input"`` ``(B, C, px, py, pz)``, ``"mask"`` ``(B, px, py, pz)``, ``"sid"`` a list of B str.
+    """
+    workers = cfg.num_workers
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": True, "prefetch_factor": 2}
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), **kwargs)
