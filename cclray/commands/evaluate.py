@@ -1,0 +1,60 @@
+"""``cclray evaluate``: sliding-window evaluation of one or more runs on a store split."""
+from __future__ import annotations
+
+HELP = "sliding-window evaluation of runs on a split: CSV, table, figure"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--store", required=True, help="Zarr store written by `cclray prep`")
+    parser.add_argument("--run", required=True, help="run directory (or checkpoint) of the synthesizer to evaluate")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                        help="more runs evaluated beside it (e.g. the baseline)")
+    parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                        help="one name per run, --run first then each --compare (default: directory names)")
+    parser.add_argument("--split", default="test", help="store split to evaluate (default: test)")
+    parser.add_argument("--out", required=True, help="output folder for metrics.csv, summary.md/.json, figure.png")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects of the split")
+    parser.add_argument("--figure-subject", default=None,
+                        help="subject shown in figure.png (default: the largest tumour in the split)")
+    parser.add_argument("--save-nifti", action="store_true",
+                        help="also write each synthesis (z-scored, float32) on the source grid under OUT/nifti/")
+
+
+def run(args) -> int:
+    import sys
+
+    import torch
+    from tqdm import tqdm
+
+    from cclray.evaluation import evaluate_run_dirs
+    from data_prep.store import Store
+
+    runs = [args.run, *args.compare]
+    if args.labels is not None and len(args.labels) != len(runs):
+        print(f"error: {len(args.labels)} --labels for {len(runs)} run(s); give one per run "
+              f"(--run first, then each --compare)", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    subjects = Store(args.store).subjects(args.split)
+    if args.limit is not None:
+        subjects = subjects[:args.limit]
+    bar = tqdm(total=len(subjects) * len(runs), unit="pred", desc=f"evaluate {args.split}")
+
+    def on_subject(label: str, sid: str, seconds: float) -> None:
+        bar.set_postfix_str(f"{label} {sid} {seconds:.1f}s")
+        bar.update(1)
+
+    try:
+        result = evaluate_run_dirs(args.store, runs, args.labels, args.split, args.out, device=device,
+                                   overlap=args.overlap, batch=args.batch, save_nifti=args.save_nifti,
+                                   subjects=subjects, figure_subject=args.figure_subject,
+                                   on_subject=on_subject)
+    finally:
+        bar.close()
+    print(open(result["paths"]["summary"]).read())
+    for name, path in result["paths"].items():
+        print(f"{name}: {path}")
+    return 0
