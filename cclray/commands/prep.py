@@ -1,0 +1,86 @@
+"""``cclray prep SRC_DIR --out STORE``: ingest a BraTS NIfTI folder into a Zarr v3 store."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "ingest a BraTS NIfTI folder into a Zarr v3 store (masks, normalization, constraint maps, splits)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC_DIR", help="folder holding BraTS subject folders (2021 or 2023+ naming)")
+    parser.add_argument("--out", required=True, metavar="STORE",
+                        help="store path or fsspec URL (file://, s3://, gs://, memory://); re-running resumes")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="worker processes, one subject each (memory ~ one subject per worker; default %(default)s)")
+    parser.add_argument("--constraint", action="append", default=None, metavar="SPEC",
+                        help="constraint-map setting, e.g. 't1w,t1gd,t2w,flair:k=20' or 't1gd,t1w:k=30,seed=1'; "
+                             "repeat for several (default: all four contrasts, k=20)")
+    parser.add_argument("--splits", default="pretrain=80,finetune=10,val=5,test=10", metavar="NAME=N,...",
+                        help="split sizes in subjects, scaled down for smaller cohorts (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default %(default)s)")
+    parser.add_argument("--allow-skips", action="store_true", help="exit 0 even when some subjects failed")
+    parser.add_argument("--margin", type=int, default=None, help="voxels kept around the brain box (default 4)")
+    parser.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="intensity clip percentiles inside the brain (default 0.5 99.5)")
+
+
+def build_config(args: argparse.Namespace):
+    """The :class:`PrepConfig` the arguments ask for (raise ``ValueError`` naming the flag)."""
+    from data_prep.constraint import ConstraintSpec
+    from data_prep.prep import PrepConfig
+    from data_prep.splits import parse_splits
+
+    values: dict = {"splits": parse_splits(args.splits), "seed": args.seed}
+    if args.constraint:
+        values["constraints"] = [ConstraintSpec.parse(s).to_dict() for s in args.constraint]
+    if args.margin is not None:
+        values["margin"] = args.margin
+    if args.percentiles is not None:
+        values["percentiles"] = list(args.percentiles)
+    return PrepConfig.from_dict(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from data_prep.discover import DiscoveryError
+    from data_prep.prep import execute, finalize, plan_prep
+    from data_prep.store import StoreError
+
+    try:
+        config = build_config(args)
+        plan = plan_prep(args.src, args.out, config)
+    except (ValueError, DiscoveryError, StoreError) as e:
+        print(f"cclray prep: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(plan.todo)} subject(s) to prepare, {len(plan.skipped)} already complete, "
+          f"{len(plan.failed)} unusable; writing {args.out}")
+    results: list[dict] = []
+    try:
+        with tqdm(total=len(plan.todo), unit="subject", disable=not plan.todo) as bar:
+            for r in execute(plan, args.workers):
+                results.append(r)
+                bar.update(1)
+                if not r["ok"]:
+                    bar.write(f"FAILED {r['sid']}: {r['error']}")
+    finally:  # an interrupted run still records what it finished
+        report = finalize(plan, results)
+
+    print(f"\n{len(report.written)} written, {len(report.skipped)} skipped (complete), "
+          f"{len(report.failed)} failed; store holds {len(report.subjects)} subject(s); "
+          f"fingerprint {report.fingerprint}")
+    if report.splits:
+        print("splits: " + ", ".join(f"{k}={len(v)}" for k, v in report.splits.items()))
+    if report.splits_error:
+        print(f"no splits recorded: {report.splits_error}", file=sys.stderr)
+    if report.failed:
+        print("\nfailed subjects (not in the store):", file=sys.stderr)
+        for f in report.failed:
+            print(f"  {f['sid']}: {f['error']}", file=sys.stderr)
+        if not args.allow_skips:
+            print("exit code 1: fix the files above and re-run (complete subjects are skipped), "
+                  "or pass --allow-skips", file=sys.stderr)
+            return 1
+    return 0
