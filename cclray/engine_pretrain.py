@@ -1,0 +1,50 @@
+"""Stage 1, the loop alone: CCL pretraining of the encoder-decoder + projection head.
+
+``run_pretrain(cfg, ctx)`` is framework-free: Ray's worker loop (``cclray.train``) and a test with
+:class:`cclray.engine.LocalContext` call the same function.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from cclray.data import PatchDataset
+from cclray.engine import Stage, TrainContext, run_stage, seed_everything
+from cclray.losses import CCLLoss
+from cclray.models import build_ccl_net
+from cclray.stage_config import PretrainConfig
+from data_prep.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_dataset(cfg: PretrainConfig, ctx: TrainContext) -> PatchDataset:
+    """This rank's patches of the pretrain split: input ``(C_in, p, p, p)``, mask, constraint labels."""
+    from data_prep.store import Store
+
+    store = Store(cfg.store)
+    subjects = store.subjects(cfg.split)
+    if cfg.constraint not in store.attrs.get("constraints", {}) and subjects and \
+            not store.has_array(subjects[0], f"constraint/{cfg.constraint}"):
+        have = sorted(store.attrs.get("constraints", {}))
+        raise ConfigError(f"PretrainConfig.constraint={cfg.constraint!r} is not in {cfg.store} (it has "
+                          f"{have}): pick one of those or add it with `cclray constraint`")
+    return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
+                        constraint=cfg.constraint, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
+
+
+def run_pretrain(cfg: PretrainConfig, ctx: TrainContext) -> dict:
+    """Pretrain ``CCLNet(cfg.model)`` with ``CCLLoss(cfg.loss)`` on ``cfg.split``; returns the last
+    epoch's metrics (see :func:`cclray.engine.run_stage`)."""
+    seed_everything(cfg.seed)  # same initial weights on every rank
+    model = build_ccl_net(cfg.model)
+    ccl = CCLLoss(cfg.loss.n_anchors, cfg.loss.top_k, cfg.loss.temperature)
+
+    def loss(net: nn.Module, batch: dict) -> torch.Tensor:
+        feats = net(batch["input"])  # (B, proj_dim, D/s, H/s, W/s)
+        return ccl(feats.float(), batch["constraint"], batch["mask"])
+
+    stage = Stage("pretrain", model, pretrain_dataset(cfg, ctx), loss, find_unused_parameters=True)
+    return run_stage(cfg, ctx, stage)

@@ -1,0 +1,96 @@
+"""Stage engines under LocalContext (world size 1, no Ray): they learn, hand off, resume exactly."""
+import logging
+
+import pytest
+import torch
+
+from cclray.checkpoint import CheckpointError, read_meta
+from cclray.engine import LocalContext, weight_checksum
+from cclray.engine_finetune import run_finetune
+from cclray.engine_pretrain import run_pretrain
+from cclray.runs import checkpoint_dirs, find_checkpoint, load_synthesizer, MetricsLog
+from cclray.stage_config import FinetuneConfig, PretrainConfig
+from data_prep.config import ConfigError
+
+TINY = {"model": {"widths": [8, 16, 32], "proj_stride": 2},
+        "patch": {"patch_size": [16, 16, 16], "batch_size": 2, "num_workers": 0},
+        "loss": {"n_anchors": 16, "top_k": 64}, "steps_per_epoch": 8}
+
+
+def _cfg(cls, store, **kw):
+    return cls.from_dict({"store": store["url"], **TINY, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared; also makes runs bitwise repeatable
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("pre")
+    ctx = LocalContext(run)
+    out = run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=12, lr=3e-3), ctx)
+    return run, ctx, out
+
+
+def test_pretrain_lowers_the_ccl_loss(pretrain_run):
+    run, ctx, out = pretrain_run
+    losses = [r["loss"] for r in ctx.reports]
+    assert len(losses) == 12 and out["step"] == 12 * 8
+    assert sum(losses[-3:]) / 3 < 0.85 * losses[0], losses
+    by_score = sorted(ctx.reports, key=lambda r: r["score"])
+    kept = {r["epoch"] for r in by_score[:2]} | {12}  # keep_checkpoints=2 best + the latest
+    assert sorted(read_meta(d)["epoch"] for d in checkpoint_dirs(run)) == sorted(kept)
+    assert [int(r["epoch"]) for r in MetricsLog(run).rows()] == list(range(1, 13))
+    assert (run / "config.json").is_file()
+
+
+def test_finetune_from_pretrain_logs_keys_and_lowers_l1(pretrain_run, tiny_store, tmp_path, caplog):
+    run, _, _ = pretrain_run
+    ctx = LocalContext(tmp_path)
+    with caplog.at_level(logging.INFO, logger="cclray"):
+        out = run_finetune(_cfg(FinetuneConfig, tiny_store, epochs=4, init=str(run)), ctx)
+    assert out["init"]["new"] == ["synth_head.bias", "synth_head.weight"]
+    assert out["init"]["dropped"] and all(k.startswith("proj_head.") for k in out["init"]["dropped"])
+    assert "new ['synth_head.bias', 'synth_head.weight']" in caplog.text and "dropped ['proj_head." in caplog.text
+    losses = [r["loss"] for r in ctx.reports]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert ctx.reports[-1]["val_l1"] < ctx.reports[0]["val_l1"]
+    assert 0 < ctx.reports[-1]["val_ssim"] <= 1
+    model, cfg, meta = load_synthesizer(tmp_path, device="cpu")
+    assert not model.training and cfg.init == str(run) and meta["stage"] == "finetune"
+    assert meta["checkpoint"] == str(find_checkpoint(tmp_path, "best"))
+    x = torch.zeros(1, 2, 16, 16, 16)
+    assert model(x).shape == (1, 2, 16, 16, 16)
+
+
+def test_scratch_finetune_is_the_baseline_and_load_synthesizer_refuses_pretrain(pretrain_run, tiny_store, tmp_path):
+    out = run_finetune(_cfg(FinetuneConfig, tiny_store, epochs=1, steps_per_epoch=2), LocalContext(tmp_path))
+    assert out["init"] is None and out["step"] == 2
+    with pytest.raises(CheckpointError, match="'pretrain' checkpoint"):
+        load_synthesizer(pretrain_run[0])
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tiny_store, tmp_path):
+    cfg = _cfg(FinetuneConfig, tiny_store, epochs=4, steps_per_epoch=3)
+    straight = LocalContext(tmp_path / "a")
+    run_finetune(cfg, straight)
+    first = LocalContext(tmp_path / "b")
+    run_finetune(cfg.replace(epochs=2), first)  # "killed" after epoch 2
+    resumed = LocalContext(tmp_path / "b", resume_from=tmp_path / "b")
+    out = run_finetune(cfg, resumed)
+    assert (out["start_epoch"], out["start_step"]) == (2, 6)
+    assert [r["step"] for r in resumed.reports] == [9, 12]
+    assert out["weight_checksum"] == straight.reports[-1]["weight_checksum"]  # optimizer, scheduler, RNG restored
+    assert out["val_l1"] == pytest.approx(straight.reports[-1]["val_l1"], rel=1e-6)
+    assert [int(r["epoch"]) for r in MetricsLog(tmp_path / "b").rows()] == [1, 2, 3, 4]
+    assert read_meta(find_checkpoint(tmp_path / "b"))["step"] == 12
+
+
+def test_missing_constraint_is_a_config_error(tiny_store, tmp_path):
+    with pytest.raises(ConfigError, match="constraint='t1w-k5'.*cclray constraint"):
+        run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=1, constraint="t1w-k5"), LocalContext(tmp_path))
