@@ -1,0 +1,39 @@
+"""``cclray export``: a finetuned run (or checkpoint) -> ONNX file with its model card, parity-checked."""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "export a synthesizer to ONNX with its model card"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="finetune run folder (its best/latest checkpoint is exported)")
+    src.add_argument("--checkpoint", help="one checkpoint folder or file")
+    parser.add_argument("--out", required=True, help="MODEL.onnx to write (atomically; nothing on failure)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="store weights as float16 (half the file); inputs, outputs and compute stay float32")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--parity-patch", type=int, default=None,
+                        help="edge of the random parity batch (default: the training patch size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from export.onnx_export import ExportError, export_onnx
+
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log every deduplicated initializer
+    try:
+        report = export_onnx(args.run or args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
+                             parity_patch=args.parity_patch)
+    except ExportError as e:
+        print(f"export failed: {e}")
+        return 1
+    card = report["card"]
+    print(f"wrote {report['path']} ({report['precision']}, {report['bytes'] / 1e6:.1f} MB) "
+          f"{'+'.join(card['inputs'])} -> {'+'.join(card['targets'])}, patch {card['patch_size']}, "
+          f"stride {card['stride']}")
+    print("parity (max |onnx - torch|): " + json.dumps({k: float(f"{v:.3g}") for k, v in report["parity"].items()}))
+    return 0

@@ -1,0 +1,243 @@
+"""Export a trained synthesizer to ONNX, with its model card, checked against torch before it is written.
+
+``torch.onnx.export(dynamo=True)`` with a dynamic batch and dynamic spatial dims (any multiple of
+the network stride), only the ``Synthesizer`` (no projection head), ``onnx.checker`` on the result,
+the :class:`export.card.ModelCard` in ``metadata_props``, then **parity** against torch eager on a
+random batch (and, when the run's store is reachable, on a real brain patch). The file appears only
+when everything passed (written to a temp file and ``os.replace``-d), so a failed export leaves nothing.
+
+Parity tolerances (``numpy.testing.assert_allclose`` semantics, ``|onnx - torch| <= atol + rtol*|torch|``):
+fp32 ``rtol=1e-3, atol=1e-4``; fp16 ``rtol=1e-2, atol=2e-2``.
+
+``fp16=True`` stores the weights as float16 (half the file) with a ``Cast`` to float32 in front of
+each, so inputs, outputs and compute stay float32. This runs on every execution provider: the
+onnxruntime CPU provider has no float16 Conv3d/GroupNorm kernels, so a fully fp16 graph (e.g.
+onnxconverter-common's ``convert_float_to_float16(keep_io_types=True)``) would not load on the
+CPU-only inference hosts this runtime targets.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
+
+log = logging.getLogger(__name__)
+
+TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2}}
+
+
+class ExportError(RuntimeError):
+    """Export failed (parity, checker, or an unusable source); nothing was written."""
+
+
+def _attr(obj: Any, names: tuple[str, ...], default: Any = None) -> Any:
+    """First present attribute (or mapping key) of ``obj`` among ``names``."""
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return default
+
+
+def _resolve(source: Any) -> tuple[Any, dict, str | None]:
+    """``source`` -> (torch model in eval mode, card fields, store url or None).
+
+    ``source`` is a run folder / checkpoint path (loaded with :func:`cclray.runs.load_synthesizer`)
+    or an in-memory ``(model, model_cfg, extra_card)`` with ``model_cfg`` having ``inputs``,
+    ``targets``, ``stride`` (and optionally ``hash()``), ``extra_card`` a dict of card fields.
+    """
+    if isinstance(source, tuple):
+        model, model_cfg, extra = source
+        fields = {"config_hash": model_cfg.hash() if hasattr(model_cfg, "hash") else "",
+                  "source_run": "in-memory"}
+        fields.update(extra or {})
+        store = fields.pop("store", None)
+    else:
+        from cclray.runs import load_synthesizer
+
+        try:
+            model, cfg, meta = load_synthesizer(source, device="cpu")
+        except Exception as e:  # CheckpointError, ConfigError, ... already carry the fix
+            raise ExportError(f"cannot load a synthesizer from {source}: {e}") from e
+        model_cfg = _attr(cfg, ("model",), cfg)
+        patch = _attr(cfg, ("patch_size", "patch"), None)  # FinetuneConfig.patch is a PatchConfig
+        patch = _attr(patch, ("patch_size",), patch)
+        if patch is None:
+            raise ExportError(f"{source}: the run's config has no patch size; re-run finetuning with this cclray")
+        fields = {"patch_size": [int(patch)] * 3 if np.isscalar(patch) else [int(v) for v in patch],
+                  "config_hash": cfg.hash() if hasattr(cfg, "hash") else "",
+                  "source_run": str(_attr(meta, ("checkpoint", "run"), source))}
+        store = _attr(cfg, ("store", "store_url"), None) or _attr(_attr(cfg, ("data",), {}), ("store", "url"), None)
+    fields.setdefault("inputs", tuple(model_cfg.inputs))
+    fields.setdefault("targets", tuple(model_cfg.targets))
+    fields.setdefault("stride", int(model_cfg.stride))
+    if store:
+        fields.update(_store_recipe(str(store)))
+    return model.eval(), fields, (str(store) if store else None)
+
+
+def _store_recipe(url: str) -> dict:
+    """Percentiles and crop margin from the store's prep config (the normalization the model saw)."""
+    try:
+        from data_prep.store import Store
+
+        prep = Store(url).attrs.get("prep_config", {})
+    except Exception as e:  # store unreachable from this host: card keeps the preprocess defaults
+        log.warning("store %s not readable (%s): card uses data_prep.preprocess defaults", url, e)
+        return {}
+    out = {}
+    if "percentiles" in prep:
+        out["percentiles"] = tuple(float(p) for p in prep["percentiles"])
+    if "margin" in prep:
+        out["crop_margin"] = int(prep["margin"])
+    return out
+
+
+def _real_patch(url: str, card: ModelCard, patch: int) -> np.ndarray | None:
+    """``(1, Cin, p, p, p)`` centre patch of the first val/test subject of the store, or None."""
+    try:
+        from data_prep.schema import channel_index
+        from data_prep.store import Store
+
+        store = Store(url)
+        splits = store.attrs.get("splits", {})
+        sids = next((splits[s] for s in ("val", "test", "finetune") if splits.get(s)), None) or store.subjects()
+        sid = sids[0]
+        shape = store.subject_attrs(sid)["shape"]
+        box = [(max(0, s // 2 - patch // 2), max(0, s // 2 - patch // 2) + min(patch, s)) for s in shape]
+        image = store.read(sid, "image", box).astype(np.float32)  # (4, x, y, z)
+    except Exception as e:
+        log.warning("no real patch from store %s (%s): parity on random data only", url, e)
+        return None
+    x = image[[channel_index(c) for c in card.inputs]]
+    pad = [(0, 0)] + [(0, patch - s) for s in x.shape[1:]]
+    return np.pad(x, pad)[None]
+
+
+def _fp16_weights(proto):
+    """Store float32 initializers as float16, each followed by a ``Cast`` back to float32."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    casts, keep = [], []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < 16:
+            keep.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+        keep.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=init.name + "_cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    return proto
+
+
+def _parity(session, model, x: np.ndarray, tol: dict, what: str) -> float:
+    import torch
+
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    diff = float(np.max(np.abs(got - ref)))
+    if got.shape != ref.shape or not np.allclose(got, ref, rtol=tol["rtol"], atol=tol["atol"]):
+        raise ExportError(
+            f"ONNX vs torch parity failed on {what} {x.shape}: max |diff| {diff:.3g} "
+            f"(rtol {tol['rtol']}, atol {tol['atol']}); output shapes {got.shape} vs {ref.shape}. "
+            f"Nothing was written; try another --opset or report the model config"
+        )
+    log.info("parity on %s %s: max |diff| %.3g", what, x.shape, diff)
+    return diff
+
+
+def _to_onnx(model, in_channels: int, stride: int, opset: int):
+    """Dynamo export: ``image (B, Cin, X, Y, Z)`` -> ``synthesis (B, T, X, Y, Z)``, B and X/Y/Z dynamic
+    (X/Y/Z any multiple of ``stride``). Returns the ``onnx.ModelProto``."""
+    import inspect
+
+    import torch
+
+    example = torch.zeros(1, in_channels, 2 * stride, 2 * stride, 2 * stride)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dims = {0: batch, **{ax: torch.export.Dim(f"n{ax}", min=1, max=4096 // stride) * stride for ax in (2, 3, 4)}}
+    arg_name = next(iter(inspect.signature(model.forward).parameters))
+    try:
+        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes={arg_name: dims},
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    opset_version=opset, verbose=False)
+        return program.model_proto
+    except Exception as e:
+        raise ExportError(f"torch.onnx.export failed ({type(e).__name__}: {e}); nothing was written") from e
+
+
+def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, opset: int = 18,
+                parity_patch: int | None = None, seed: int = 0) -> dict:
+    """Export ``source`` (run folder, checkpoint, or ``(model, model_cfg, extra_card)``) to ``out_path``.
+
+    The graph takes ``image (B, Cin, X, Y, Z)`` float32, X/Y/Z any multiples of the stride, and
+    returns ``synthesis (B, T, X, Y, Z)`` float32 in z-scored target units. ``parity_patch`` is the
+    edge of the random parity batch (default: the card's training patch size).
+
+    Returns ``{"path", "bytes", "precision", "export_s", "parity": {what: max_abs_diff}, "card"}``.
+    Raises :class:`ExportError` (writing nothing) when the checker or parity fails.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    out_path = Path(out_path)
+    model, fields, store = _resolve(source)
+    precision = "fp16" if fp16 else "fp32"
+    card = ModelCard.new(**{**fields, "precision": precision, "opset": int(opset)})
+    stride = card.stride
+    p = int(parity_patch or max(card.patch_size))
+    if p % stride:
+        raise ExportError(f"parity_patch {p} must be a multiple of the model stride {stride}")
+
+    t0 = time.perf_counter()
+    proto = _to_onnx(model, len(card.inputs), stride, opset)
+    if fp16:
+        proto = _fp16_weights(proto)
+    for k, v in card.metadata_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = f"cclray synthesizer {'+'.join(card.inputs)} -> {'+'.join(card.targets)}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportError(f"onnx.checker rejected the exported model: {e}; nothing was written") from e
+    export_s = time.perf_counter() - t0
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save_model(proto, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        tol = TOLERANCES[precision]
+        rng = np.random.default_rng(seed)
+        # non-cubic on purpose: exercises the dynamic spatial dims
+        x = rng.standard_normal((2, len(card.inputs), p, p, p + stride)).astype(np.float32)
+        parity = {"random": _parity(session, model, x, tol, "random batch")}
+        if store:
+            real = _real_patch(store, card, p)
+            if real is not None:
+                parity["real"] = _parity(session, model, real, tol, f"real patch of {store}")
+        del session
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    nbytes = out_path.stat().st_size
+    log.info("wrote %s (%s, %.1f MB, export %.1f s)", out_path, precision, nbytes / 1e6, export_s)
+    return {"path": str(out_path), "bytes": nbytes, "precision": precision, "export_s": export_s,
+            "parity": parity, "card": card.to_dict()}

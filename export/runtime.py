@@ -1,0 +1,152 @@
+"""The torch-free synthesizer: an exported ``.onnx`` + onnxruntime + numpy.
+
+Imports only numpy, onnxruntime and numpy-only cclray modules (``data_prep.schema``,
+``data_prep.preprocess``, ``cclray.windows``, ``export.card``): an inference host needs
+``pip install cclray[runtime]`` (or ``[runtime-gpu]``), never torch or Ray.
+
+Pipeline (the training-time recipe, read from the model card): brain mask = voxels where any input
+contrast is non-zero -> crop to its bounding box plus the card's margin -> per contrast clip to the
+card's percentiles and z-score inside the mask (:mod:`data_prep.preprocess`) -> Gaussian-blended
+sliding windows of the training patch size (:mod:`cclray.windows`) -> mask, uncrop onto the
+original grid (background 0). Outputs are in the **z-scored units of the training targets**
+(per-subject z-score inside the brain), not scanner intensities: the targets' own scaling is
+unknown at inference. (Training masks are the union over all four contrasts; here only the inputs
+exist; on skull-stripped BraTS data the two agree.)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cclray.windows import sliding_window
+from data_prep import preprocess
+from data_prep.schema import canonical_contrast
+
+from .card import ModelCard, card_from_metadata
+from .runtime_io import InputError, check_external_data
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+DEFAULT_BATCH = 2  # windows per run on CPU (bench_runtime.py: 1, 2, 4 within noise; 2 bounds memory)
+
+
+class RuntimeSetupError(RuntimeError):
+    """The model file or the requested execution provider cannot be used; the message says the fix."""
+
+
+def _resolve_providers(provider: str, available: list[str]) -> list[str]:
+    if provider == "auto":
+        chain = [PROVIDERS[k] for k in ("tensorrt", "cuda") if PROVIDERS[k] in available]
+        return chain + [PROVIDERS["cpu"]]
+    if provider not in PROVIDERS:
+        raise RuntimeSetupError(f"unknown provider {provider!r}: use one of auto, {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted not in available:
+        raise RuntimeSetupError(
+            f"provider {provider!r} ({wanted}) is not in this onnxruntime build (it has {available}): "
+            f"install onnxruntime-gpu (pip install cclray[runtime-gpu]) or use --provider cpu"
+        )
+    return [wanted] if wanted == PROVIDERS["cpu"] else [wanted, PROVIDERS["cpu"]]
+
+
+class OnnxSynthesizer:
+    """An exported cclray synthesizer, ready to run. The onnxruntime session is created once.
+
+    Args:
+        model_path: ``.onnx`` written by ``cclray export`` (carries the model card).
+        provider: ``auto`` (TensorRT -> CUDA -> CPU, the first that really runs), ``cpu``, ``cuda``
+            or ``tensorrt``. ``.provider`` tells which one the session actually uses: onnxruntime-gpu
+            lists CUDA even on hosts without a GPU and then silently falls back to CPU.
+        threads: intra-op threads (default: the cores this process may use).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, provider: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise RuntimeSetupError(f"{path}: no such model file; export one with `cclray export --out {path}`")
+        check_external_data(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        opts.intra_op_num_threads = int(threads or cores)
+        opts.inter_op_num_threads = 1
+        chain = _resolve_providers(provider, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=chain)
+        except Exception as e:
+            raise RuntimeSetupError(f"{path}: onnxruntime could not load the model ({e}); "
+                                    f"re-export it with `cclray export`") from e
+        self.path = str(path)
+        self.card: ModelCard = card_from_metadata(dict(self.session.get_modelmeta().custom_metadata_map), str(path))
+        active = self.session.get_providers()
+        self.provider: str = active[0]
+        if provider != "auto" and self.provider != chain[0]:
+            raise RuntimeSetupError(
+                f"provider {provider!r} was requested but onnxruntime runs {self.provider} "
+                f"(no usable GPU / driver?); use --provider cpu or auto"
+            )
+        if chain[0] != self.provider:
+            log.warning("%s listed as available but the session runs on %s", chain[0], self.provider)
+        log.info("loaded %s on %s (%s -> %s)", path, self.provider, "+".join(self.card.inputs),
+                 "+".join(self.card.targets))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``(B, Cin, X, Y, Z)`` float32 normalized windows -> ``(B, T, X, Y, Z)`` float32."""
+        return self.session.run([self.card.output_name], {self.card.input_name: x.astype(np.float32, copy=False)})[0]
+
+    def synthesize(self, inputs: dict[str, np.ndarray], affine=None, overlap: float | None = None,
+                   batch_size: int = DEFAULT_BATCH, progress: Callable[[int], object] | None = None
+                   ) -> dict[str, np.ndarray]:
+        """``{input contrast: (X, Y, Z)}`` raw volumes -> ``{target contrast: (X, Y, Z)}`` float32.
+
+        ``affine`` is one 4x4 array or ``{contrast: 4x4}`` (then they must agree). Outputs are on the
+        input grid, background 0, in the z-scored units of the training targets.
+        """
+        card = self.card
+        inputs = {canonical_contrast(c): v for c, v in inputs.items()}
+        card.require_inputs(inputs)
+        arrays = [np.asarray(inputs[c], dtype=np.float32) for c in card.inputs]
+        for c, a in zip(card.inputs, arrays):
+            if a.ndim != 3:
+                raise InputError(f"input {c} has shape {a.shape}: pass one 3D (X, Y, Z) volume per contrast")
+            if a.shape != arrays[0].shape:
+                raise InputError(f"input {c} has shape {a.shape} but {card.inputs[0]} has {arrays[0].shape}: "
+                                 f"inputs must share one grid (resample first)")
+            if not np.all(np.isfinite(a)):
+                raise InputError(f"input {c} has NaN or infinite voxels: replace them (numpy.nan_to_num) first")
+        if isinstance(affine, dict):
+            affs = [np.asarray(affine[c], dtype=np.float64) for c in card.inputs if c in affine]
+            if any(not np.allclose(a, affs[0], atol=1e-3) for a in affs[1:]):
+                raise InputError("input affines differ: inputs must be co-registered on one grid")
+        image = np.stack(arrays)  # (Cin, X, Y, Z) in the card's channel order
+        mask = preprocess.brain_mask(image)
+        if not mask.any():
+            raise InputError("every input voxel is 0 (empty brain): pass skull-stripped volumes, brain non-zero")
+        box = preprocess.crop_box(mask, card.crop_margin)
+        cropped, mask_c = preprocess.crop(image, box), preprocess.crop(mask, box)
+        norm = np.stack([preprocess.normalize(v, mask_c, card.percentiles)[0] for v in cropped])
+        out = sliding_window(norm, self.predict, card.patch_size,
+                             overlap=card.overlap if overlap is None else overlap,
+                             batch_size=batch_size, stride_multiple=card.stride, progress=progress)
+        out *= mask_c  # (T, x, y, z), background 0
+        full = preprocess.uncrop(out, box, image.shape[1:])  # (T, X, Y, Z)
+        return {t: full[i] for i, t in enumerate(card.targets)}
+
+    def windows(self, shape, overlap: float | None = None) -> int:
+        """Number of windows a volume of raw ``shape`` (upper bound: before cropping) needs."""
+        from cclray.windows import count_windows
+
+        ov = self.card.overlap if overlap is None else overlap
+        return count_windows(shape, self.card.patch_size, ov, self.card.stride)
