@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "synthesize": "run an ONNX synthesizer on NIfTI inputs (no torch needed)",
     "tune": "Ray Tune search over constraint and loss settings",
     "demo": "the end-to-end demo on the phantom cohort",
+    "reproduce": "the paper's table: CCL vs scratch over seeds on a phantom cohort with the paper's split",
 }
 
 

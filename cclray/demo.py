@@ -105,8 +105,6 @@ _NO_TORCH = ("import sys, importlib.abc\n"
 def run_demo(out: str | os.PathLike, preset: str = "cpu-small", overrides: dict | None = None,
              say: Callable[[str], None] = print) -> dict:
     """Run the whole demo into ``out``; returns the paths of what it made and the summary table."""
-    from data_prep.phantom import write_cohort
-    from data_prep.prep import PrepConfig, run_prep
     from data_prep.store import Store
 
     if preset not in PRESETS:
@@ -116,7 +114,6 @@ def run_demo(out: str | os.PathLike, preset: str = "cpu-small", overrides: dict 
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps({"preset": preset, **cfg.to_dict()}, indent=2))
     nifti, store = out / "phantom", str(out / "store.zarr")
-    runs = {k: out / "runs" / k for k in ("pretrain", "ccl", "scratch")}
     eval_dir, model = out / "evaluation", out / "model.onnx"
     say(f"cclray demo, preset {preset!r}: {cfg.n_subjects} phantom subjects at {cfg.spacing:g} mm, "
         f"splits {cfg.splits}, net widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}, "
@@ -127,43 +124,8 @@ def run_demo(out: str | os.PathLike, preset: str = "cpu-small", overrides: dict 
             "`--preset paper` has the paper's sizes)")
     step, total = Steps(say), 8
 
-    step(1, total, f"phantom cohort -> {nifti}", lambda: write_cohort(
-        nifti, cfg.n_subjects, seed=cfg.seed, spacing=cfg.spacing, workers=cfg.prep_workers))
-
-    def prep():
-        report = run_prep(nifti, store, PrepConfig(splits=dict(cfg.splits), seed=cfg.seed), workers=cfg.prep_workers)
-        say(f"    {report}")
-    step(2, total, f"prep -> {store}", prep, done=_store_done(store, cfg.n_subjects))
-
-    from cclray.runs import find_checkpoint
-    from cclray.train import fit
-
-    def trained(run: Path) -> bool:
-        try:
-            return (run / "config.json").exists() and bool(find_checkpoint(run, "latest"))
-        except Exception:
-            return False
-
-    step(3, total, f"CCL pretraining (Ray Train, {cfg.workers} worker(s)) -> {runs['pretrain']}",
-         lambda: fit("pretrain", stage_dict(cfg, store, "pretrain", cfg.pretrain_epochs), runs["pretrain"],
-                     resume=runs["pretrain"].exists()),
-         done=trained(runs["pretrain"]))
-    ccl = {**stage_dict(cfg, store, "finetune", cfg.finetune_epochs), "init": str(runs["pretrain"])}
-    step(4, total, f"finetune from CCL -> {runs['ccl']}", lambda: fit("finetune", ccl, runs["ccl"], resume=runs["ccl"].exists()),
-         done=trained(runs["ccl"]))
-    scratch = stage_dict(cfg, store, "finetune", cfg.finetune_epochs)
-    step(5, total, f"finetune from scratch (baseline, same budget) -> {runs['scratch']}",
-         lambda: fit("finetune", scratch, runs["scratch"], resume=runs["scratch"].exists()), done=trained(runs["scratch"]))
-
-    def evaluate():
-        from cclray.evaluation import evaluate_run_dirs
-
-        return evaluate_run_dirs(store, [runs["scratch"], runs["ccl"]], labels=["Baseline", "CCL"], split="test",
-                                 out_dir=eval_dir, device="cuda" if cfg.use_gpu else "cpu",
-                                 **({"subjects": Store(store).subjects("test")[:cfg.eval_limit]}
-                                    if cfg.eval_limit else {}))
-    step(6, total, f"evaluate Baseline and CCL on the test split -> {eval_dir}", evaluate,
-         done=(eval_dir / "summary.md").exists())
+    prepare_cohort(cfg, nifti, store, step, first=1, total=total)
+    runs = train_and_evaluate(cfg, store, out / "runs", eval_dir, step, first=3, total=total)
 
     def export():
         from export.onnx_export import export_onnx
@@ -194,6 +156,64 @@ def run_demo(out: str | os.PathLike, preset: str = "cpu-small", overrides: dict 
     say("outputs:\n" + "\n".join(f"  {k:12s} {v}" for k, v in result.items() if k != "step_seconds"))
     (out / "demo_result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def prepare_cohort(cfg: DemoConfig, nifti: Path, store: str, step: "Steps", first: int, total: int) -> None:
+    """Steps ``first``, ``first + 1``: the phantom cohort as BraTS NIfTI, then its store (kept when done)."""
+    from data_prep.phantom import write_cohort
+    from data_prep.prep import PrepConfig, run_prep
+
+    step(first, total, f"phantom cohort -> {nifti}", lambda: write_cohort(
+        nifti, cfg.n_subjects, seed=cfg.seed, spacing=cfg.spacing, workers=cfg.prep_workers),
+        done=_store_done(store, cfg.n_subjects))
+
+    def prep():
+        report = run_prep(nifti, store, PrepConfig(splits=dict(cfg.splits), seed=cfg.seed), workers=cfg.prep_workers)
+        step.say(f"    {report}")
+    step(first + 1, total, f"prep -> {store}", prep, done=_store_done(store, cfg.n_subjects))
+
+
+def trained(run: Path) -> bool:
+    """Whether ``run`` holds a finished-or-resumable training run with a checkpoint."""
+    from cclray.runs import find_checkpoint
+
+    try:
+        return (run / "config.json").exists() and bool(find_checkpoint(run, "latest"))
+    except Exception:
+        return False
+
+
+def train_and_evaluate(cfg: DemoConfig, store: str, run_root: Path, eval_dir: Path, step: "Steps",
+                       first: int, total: int, seed: int | None = None) -> dict[str, Path]:
+    """Steps ``first`` .. ``first + 3``: CCL pretrain, finetune from it, finetune from scratch with the same
+    budget, evaluate both on the test split. ``seed`` (default ``cfg.seed``) seeds the training only."""
+    from cclray.train import fit
+    from data_prep.store import Store
+
+    cfg = cfg if seed is None else cfg.replace(seed=seed)
+    runs = {k: run_root / k for k in ("pretrain", "ccl", "scratch")}
+    step(first, total, f"CCL pretraining (Ray Train, {cfg.workers} worker(s)) -> {runs['pretrain']}",
+         lambda: fit("pretrain", stage_dict(cfg, store, "pretrain", cfg.pretrain_epochs), runs["pretrain"],
+                     resume=runs["pretrain"].exists()),
+         done=trained(runs["pretrain"]))
+    ccl = {**stage_dict(cfg, store, "finetune", cfg.finetune_epochs), "init": str(runs["pretrain"])}
+    step(first + 1, total, f"finetune from CCL -> {runs['ccl']}",
+         lambda: fit("finetune", ccl, runs["ccl"], resume=runs["ccl"].exists()), done=trained(runs["ccl"]))
+    scratch = stage_dict(cfg, store, "finetune", cfg.finetune_epochs)
+    step(first + 2, total, f"finetune from scratch (baseline, same budget) -> {runs['scratch']}",
+         lambda: fit("finetune", scratch, runs["scratch"], resume=runs["scratch"].exists()),
+         done=trained(runs["scratch"]))
+
+    def evaluate():
+        from cclray.evaluation import evaluate_run_dirs
+
+        subjects = Store(store).subjects("test")[:cfg.eval_limit] if cfg.eval_limit else None
+        return evaluate_run_dirs(store, [runs["scratch"], runs["ccl"]], labels=["Baseline", "CCL"], split="test",
+                                 out_dir=eval_dir, device="cuda" if cfg.use_gpu else "cpu",
+                                 **({"subjects": subjects} if subjects else {}))
+    step(first + 3, total, f"evaluate Baseline and CCL on the test split -> {eval_dir}", evaluate,
+         done=(eval_dir / "summary.md").exists())
+    return runs
 
 
 def _store_done(url: str, n: int) -> bool:

@@ -54,4 +54,4 @@ def test_smoke_demo_end_to_end(ray_session, tmp_path):
     # a rerun keeps every finished step (nothing retrained) and only synthesizes again
     again = []
     run_demo(tmp_path / "demo", "smoke", say=again.append)
-    assert sum("already done, kept" in line for line in again) == 6, again
+    assert sum("already done, kept" in line for line in again) == 7, again
