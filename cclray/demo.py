@@ -169,7 +169,7 @@ def prepare_cohort(cfg: DemoConfig, nifti: Path, store: str, step: "Steps", firs
 
     def prep():
         report = run_prep(nifti, store, PrepConfig(splits=dict(cfg.splits), seed=cfg.seed), workers=cfg.prep_workers)
-        step.say(f"    {report}")
+        step.say(f"    {report.summary()}")
     step(first + 1, total, f"prep -> {store}", prep, done=_store_done(store, cfg.n_subjects))
 
 

@@ -189,6 +189,12 @@ class PrepReport:
     fingerprint: str
     splits_error: str | None = None
 
+    def summary(self) -> str:
+        """One line a person reads: counts, splits, fingerprint."""
+        splits = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items()) or f"none ({self.splits_error})"
+        return (f"{len(self.written)} written, {len(self.skipped)} skipped (complete), {len(self.failed)} failed; "
+                f"store holds {len(self.subjects)} subject(s); splits {splits}; fingerprint {self.fingerprint}")
+
 
 def plan_prep(src_dir: str | Path, out: str, config: PrepConfig | None = None,
               storage_options: dict | None = None) -> PrepPlan:

@@ -68,11 +68,7 @@ def run(args: argparse.Namespace) -> int:
     finally:  # an interrupted run still records what it finished
         report = finalize(plan, results)
 
-    print(f"\n{len(report.written)} written, {len(report.skipped)} skipped (complete), "
-          f"{len(report.failed)} failed; store holds {len(report.subjects)} subject(s); "
-          f"fingerprint {report.fingerprint}")
-    if report.splits:
-        print("splits: " + ", ".join(f"{k}={len(v)}" for k, v in report.splits.items()))
+    print("\n" + report.summary())
     if report.splits_error:
         print(f"no splits recorded: {report.splits_error}", file=sys.stderr)
     if report.failed:
