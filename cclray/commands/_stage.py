@@ -1,0 +1,264 @@
+"""What ``cclray pretrain`` and ``cclray finetune`` share: their arguments, the typed stage config built
+from them, the checks made before Ray starts, and the run itself (not a subcommand: ``_`` prefix).
+
+Config precedence, lowest first: the stage's defaults < the run's own ``config.json`` (with
+``--resume`` only) < ``--config FILE.json`` < ``--set key=value`` (in order) < explicit flags
+(``--store``, ``--epochs``, ``--steps``, ``--workers``, ``--gpus``, ``--constraint``, ``--init/--scratch``).
+Nothing heavy (torch, ray, zarr) is imported at module level.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from data_prep.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+SHOWN_METRICS = ("epoch", "step", "loss", "val_l1", "val_ssim", "score", "lr", "steps_per_s")
+
+
+# ---------------------------------------------------------------------------------------- arguments
+def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
+    """The options of ``cclray pretrain`` / ``cclray finetune`` (``stage``)."""
+    parser.add_argument("--store", default=None, metavar="STORE",
+                        help="Zarr store written by `cclray prep` (path or fsspec URL; may instead come "
+                             "from --config)")
+    parser.add_argument("--out", required=True, metavar="RUN",
+                        help="run directory: checkpoints, config.json, metrics.csv, curves.png")
+    if stage == "finetune":
+        init = parser.add_mutually_exclusive_group(required=True)
+        init.add_argument("--init", metavar="PRETRAIN_RUN_OR_CKPT",
+                          help="start from a `cclray pretrain` run (its latest checkpoint) or one checkpoint")
+        init.add_argument("--scratch", action="store_true",
+                          help="start from random weights: the baseline, same budget")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="Ray Train workers (DDP ranks; default: config's num_workers, 1)")
+    parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: config's, 10)")
+    parser.add_argument("--steps", type=int, default=None, metavar="S",
+                        help="optimizer steps per epoch on every worker (steps_per_epoch; default 16)")
+    if stage == "pretrain":
+        parser.add_argument("--constraint", default=None, metavar="NAME",
+                            help="constraint map of the store to pretrain with (default: all four "
+                                 "contrasts, k=20; `cclray constraint` adds others)")
+    parser.add_argument("--config", default=None, metavar="FILE.json",
+                        help="stage config as JSON (a plain config dict, or a run's config.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, dotted for nested ones; VALUE is JSON, else a "
+                             "string; repeatable: --set loss.temperature=0.2 --set patch.patch_size=[32,32,32]")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint (its config.json is "
+                             "the base config); without it an existing run is refused")
+    parser.add_argument("--max-failures", type=int, default=0, metavar="F",
+                        help="worker-group restarts Ray may do, each from the latest checkpoint (default 0)")
+
+
+# ---------------------------------------------------------------------------------------- config
+def parse_value(text: str, key: str = "") -> object:
+    """``--set`` value: JSON (``0.2``, ``true``, ``null``, ``[32,32,32]``, ``"x"``), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text.lstrip()[:1] in "[{":
+            raise ConfigError(f"--set {key}={text}: not valid JSON; quote strings inside lists, "
+                              f'e.g. --set model.inputs=\'["t1gd","flair"]\'') from None
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["loss.temperature=0.2", "epochs=3"]`` -> ``{"loss": {"temperature": 0.2}, "epochs": 3}``."""
+    out: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, "
+                              f"e.g. --set loss.temperature=0.2")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} was set to a value "
+                                  f"by an earlier --set; it is not a group of keys")
+        node[parts[-1]] = parse_value(text, key)
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested dicts are merged key by key (neither input is changed)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_file(path: str | Path, stage: str) -> dict:
+    """A stage config dict from JSON ``path``: a plain config, or a run's ``{"stage", "config"}``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file; pass a JSON stage config "
+                          f"(e.g. a run's config.json)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid JSON ({e}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: holds a {type(data).__name__}, expected a JSON object of "
+                          f"{stage} config keys")
+    if set(data) == {"stage", "config"}:  # a run's config.json
+        if data["stage"] != stage:
+            raise ConfigError(f"--config {path} is a {data['stage']!r} run's config: use it with "
+                              f"`cclray {data['stage']}`, or pass a {stage} config")
+        data = data["config"]
+    return dict(data)
+
+
+def flag_values(args: argparse.Namespace, stage: str) -> dict:
+    """The config keys the explicit flags set (only those given)."""
+    values: dict = {}
+    for flag, key in (("store", "store"), ("epochs", "epochs"), ("steps", "steps_per_epoch"),
+                      ("workers", "num_workers"), ("constraint", "constraint")):
+        if getattr(args, flag, None) is not None:
+            values[key] = getattr(args, flag)
+    if args.gpus:
+        values["use_gpu"] = True
+    if stage == "finetune":
+        if getattr(args, "scratch", False):
+            values["init"] = None
+        elif getattr(args, "init", None) is not None:
+            values["init"] = args.init
+    return values
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths made absolute (Ray workers may not share the caller's cwd); URLs unchanged."""
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def config_dict(args: argparse.Namespace, stage: str) -> dict:
+    """The merged plain config dict the arguments ask for (see the module docstring for precedence)."""
+    from cclray.runs import CONFIG_FILE
+
+    data: dict = {}
+    run_config = Path(args.out) / CONFIG_FILE
+    if args.resume and run_config.is_file():
+        data = read_config_file(run_config, stage)
+    if args.config:
+        data = deep_merge(data, read_config_file(args.config, stage))
+    data = deep_merge(data, parse_overrides(args.overrides))
+    data = deep_merge(data, flag_values(args, stage))
+    for key in ("store", "init"):
+        if isinstance(data.get(key), str):
+            data[key] = _absolute(data[key])
+    return data
+
+
+def build_config(args: argparse.Namespace, stage: str):
+    """The typed, validated :class:`~cclray.stage_config.StageConfig` of ``stage``; raises
+    :class:`ConfigError` (unknown key with did-you-mean, bad value) naming the key and the fix."""
+    from cclray.stage_config import stage_config
+
+    return stage_config(stage, config_dict(args, stage))
+
+
+def preflight(cfg) -> None:
+    """Cheap checks before Ray starts: the store opens, its splits exist and are not empty, the
+    constraint map (pretrain) exists, ``init`` (finetune) is a pretrain run or checkpoint."""
+    from cclray.checkpoint import CheckpointError, read_meta
+    from cclray.runs import find_checkpoint
+    from data_prep.store import Store
+
+    store = Store(cfg.store)
+    splits = [cfg.split] + ([cfg.val_split] if getattr(cfg, "val_split", None) else [])
+    for split in splits:
+        if not store.subjects(split):
+            raise ConfigError(f"split {split!r} of {cfg.store} is empty: re-run `cclray prep` with "
+                              f"--splits giving it subjects, or pick another split (--set split=...)")
+    if cfg.stage == "pretrain":
+        have = store.attrs.get("constraints", {})
+        first = store.subjects(cfg.split)[0]
+        if cfg.constraint not in have and not store.has_array(first, f"constraint/{cfg.constraint}"):
+            raise ConfigError(f"constraint map {cfg.constraint!r} is not in {cfg.store} (it has "
+                              f"{sorted(have)}): pass --constraint with one of those, or add it with "
+                              f"`cclray constraint`")
+    if getattr(cfg, "init", None):
+        ckpt = find_checkpoint(cfg.init, "latest")
+        found = read_meta(ckpt).get("stage")
+        if found != "pretrain":
+            raise CheckpointError(f"--init {cfg.init}: {ckpt} is a {found!r} checkpoint; pass a "
+                                  f"`cclray pretrain` run or checkpoint (or --scratch for the baseline)")
+
+
+# ---------------------------------------------------------------------------------------- the run
+def _error(message: str) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _show_terminal_logs(verbose: bool) -> None:
+    """Make sure the driver's log lines (cclray.*, the forwarded per-epoch lines) reach the terminal."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("cclray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def final_metrics(result: dict, run_dir: Path) -> dict:
+    """The last epoch's metrics: Ray's last checkpointed report, else the last row of metrics.csv."""
+    from cclray.runs import MetricsLog
+
+    metrics = dict(result.get("metrics") or {})
+    if not metrics:
+        rows = MetricsLog(run_dir).rows()
+        metrics = {k: v for k, v in (rows[-1] if rows else {}).items() if v != ""}
+    return {k: metrics[k] for k in SHOWN_METRICS if metrics.get(k) not in (None, "")}
+
+
+def _fmt(v) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return str(int(f)) if f.is_integer() and abs(f) < 1e9 else f"{f:.4g}"
+
+
+def run_stage_command(args: argparse.Namespace, stage: str) -> int:
+    """``cclray pretrain|finetune``: build and check the config, train with Ray, print where it went."""
+    from cclray.checkpoint import CheckpointError
+    from cclray.curves import plot_curves
+    from cclray.train import RunExistsError, fit
+    from data_prep.store import StoreError
+
+    _show_terminal_logs(bool(getattr(args, "verbose", False)))
+    if args.max_failures < 0:
+        return _error(f"--max-failures {args.max_failures}: must be >= 0")
+    try:
+        cfg = build_config(args, stage)
+        preflight(cfg)
+    except (ConfigError, StoreError, CheckpointError, ValueError) as e:
+        return _error(e)
+    out = Path(args.out).expanduser().resolve()
+    init = getattr(cfg, "init", "") if stage == "finetune" else ""
+    print(f"cclray {stage}: {cfg.num_workers} worker(s){' with GPUs' if cfg.use_gpu else ''}, "
+          f"{cfg.epochs} epoch(s) x {cfg.steps_per_epoch} step(s), store {cfg.store}"
+          + (f", init {init or 'scratch (random weights)'}" if stage == "finetune" else "")
+          + f", run {out}", flush=True)
+    try:
+        result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
+    except RunExistsError as e:
+        return _error(e)
+    run_dir = Path(result["run_dir"])
+    print(f"\nrun:    {run_dir}\nbest:   {result['best']}\nlatest: {result['latest']}")
+    metrics = final_metrics(result, run_dir)
+    print("final:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+    try:
+        print(f"curves: {plot_curves([run_dir], [run_dir.name], run_dir / 'curves.png')}")
+    except Exception as e:  # a finished training is not failed by its figure
+        log.warning("could not draw %s: %s", run_dir / "curves.png", e)
+    return 0

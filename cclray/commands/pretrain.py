@@ -1,0 +1,21 @@
+"""``cclray pretrain --store S --out RUN``: stage 1, CCL pretraining under Ray Train.
+
+Options and config precedence are shared with ``cclray finetune`` (:mod:`cclray.commands._stage`).
+"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "stage 1: CCL pretraining (Ray Train)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cclray.commands._stage import add_stage_arguments
+
+    add_stage_arguments(parser, "pretrain")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cclray.commands._stage import run_stage_command
+
+    return run_stage_command(args, "pretrain")
