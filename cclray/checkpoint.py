@@ -148,6 +148,12 @@ def load_checkpoint(path_or_dir: str | os.PathLike, stage: str | None = None,
     try:
         ckpt = torch.load(f, map_location=map_location, weights_only=True)
     except Exception as e:  # zip/pickle errors of a damaged file come in many types
+        if "Weights only load failed" in str(e):  # an intact file holding pickled Python objects
+            raise CheckpointError(
+                f"{f} holds pickled Python objects (not only tensors and plain values), which "
+                f"torch.load(weights_only=True) refuses for safety: it was not written by cclray. Pass "
+                f"a checkpoint written by `cclray pretrain` / `cclray finetune`, or re-save only its "
+                f"tensors (load it yourself only if you trust its source)") from e
         raise CheckpointError(
             f"{f} is corrupt or truncated ({type(e).__name__}: {e}); delete {f.parent} and use an "
             f"earlier checkpoint (cclray.runs.find_checkpoint skips damaged ones) or retrain") from e

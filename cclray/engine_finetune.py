@@ -14,6 +14,7 @@ from torch import nn
 
 from cclray.checkpoint import load_checkpoint
 from cclray.data import PatchDataset, make_loader
+from cclray.data.patches import check_patch_fits
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything, to_device
 from cclray.losses import SynthesisLoss, ssim_map
 from cclray.models import build_synthesizer, transfer_pretrained
@@ -29,7 +30,9 @@ def finetune_dataset(cfg: FinetuneConfig, ctx: TrainContext) -> PatchDataset:
     """This rank's patches of the finetune split: input ``(C_in, p, p, p)``, target ``(T, p, p, p)``, mask."""
     from data_prep.store import Store
 
-    subjects = Store(cfg.store).subjects(cfg.split)
+    store = Store(cfg.store)
+    subjects = store.subjects(cfg.split)
+    check_patch_fits(store, subjects, cfg.patch.patch_size)
     return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
                         targets=cfg.model.targets, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cclray.data import PatchDataset
+from cclray.data.patches import check_patch_fits
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything
 from cclray.losses import CCLLoss
 from cclray.models import build_ccl_net
@@ -31,6 +32,7 @@ def pretrain_dataset(cfg: PretrainConfig, ctx: TrainContext) -> PatchDataset:
         have = sorted(store.attrs.get("constraints", {}))
         raise ConfigError(f"PretrainConfig.constraint={cfg.constraint!r} is not in {cfg.store} (it has "
                           f"{have}): pick one of those or add it with `cclray constraint`")
+    check_patch_fits(store, subjects, cfg.patch.patch_size)
     return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
                         constraint=cfg.constraint, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cclray.checkpoint import CheckpointError, load_checkpoint
+from cclray.checkpoint import CheckpointError, load_checkpoint, read_meta
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, write_run_config
 from cclray.stage_config import StageConfig, stage_config
@@ -59,13 +59,24 @@ class RayContext(TrainContext):
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name if ckpt is not None else None)
 
     def resume_checkpoint(self, stage):
+        loaded = None
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                return load_checkpoint(d, stage=stage)
-        if self.resume_from:
-            return load_checkpoint(find_checkpoint(self.resume_from, "latest"), stage=stage)
-        return None
+                loaded = load_checkpoint(d, stage=stage)
+        elif self.resume_from:
+            loaded = load_checkpoint(find_checkpoint(self.resume_from, "latest"), stage=stage)
+        # A checkpoint rank 0 persisted but Ray never registered (a worker died before every rank had
+        # reported that epoch) is newer than Ray's: use the run dir's latest intact one when all ranks see it.
+        if all(self.gather(self.run_dir is not None)):
+            try:
+                latest = find_checkpoint(self.run_dir, "latest")
+            except CheckpointError:
+                latest = None
+            if latest is not None and (loaded is None or read_meta(latest).get("step", -1) > int(loaded["step"])):
+                log.warning("resuming from %s, newer than Ray's registered checkpoint", latest)
+                loaded = load_checkpoint(latest, stage=stage)
+        return loaded
 
     def gather(self, obj):
         if self.world_size == 1 or not dist.is_initialized():
@@ -95,12 +106,14 @@ def _has_run(out: Path) -> bool:
 
 
 def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers: int | None = None,
-        use_gpu: bool | None = None, resume: bool = False, max_failures: int = 0) -> dict:
+        use_gpu: bool | None = None, resume: bool = False, max_failures: int = 0,
+        placement_strategy: str = "PACK") -> dict:
     """Train ``stage`` ("pretrain" | "finetune") with Ray Train into run directory ``out``.
 
     ``num_workers`` / ``use_gpu`` override the config's. ``resume``: continue the run in ``out`` from
     its latest checkpoint (after the whole job died); without it an existing run is refused.
     ``max_failures``: worker-group restarts Ray may do (each resumes from the latest checkpoint).
+    ``placement_strategy``: Ray's for the worker bundles ("STRICT_SPREAD": one worker a node).
     Returns ``{"run_dir", "metrics" (rank 0's last checkpointed report), "latest", "best"}``.
     """
     cfg = stage_config(stage, cfg)
@@ -120,21 +133,40 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
     write_run_config(out, stage, cfg)
     if not ray.is_initialized():
         ray.init()
-    cpus = cfg.cpus_per_worker or max(1.0, math.floor(ray.cluster_resources().get("CPU", 1) / cfg.num_workers))
-    trainer = TorchTrainer(
+    trainer = build_trainer(stage, cfg, out, resume_from=resume_from, max_failures=max_failures,
+                            placement_strategy=placement_strategy)
+    result = trainer.fit()
+    return {"run_dir": str(out), "metrics": result.metrics,
+            "latest": str(find_checkpoint(out, "latest")), "best": str(find_checkpoint(out, "best"))}
+
+
+def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_from: str | None = None,
+                  max_failures: int = 0, callbacks: list | tuple = (),
+                  resources_per_worker: dict | None = None, placement_strategy: str = "PACK") -> TorchTrainer:
+    """The ``TorchTrainer`` of :func:`fit` (also used by ``tune.trial``, with ``TuneReportCallback``).
+
+    ``out``: run directory (Ray's ``storage_path/name``). ``resources_per_worker``: default
+    ``{"CPU": cfg.cpus_per_worker or the cluster's CPUs / num_workers}``; its ``CPU`` also sets the
+    torch threads of each worker. Needs a running Ray (``ray.init``).
+    """
+    out = Path(out)
+    if resources_per_worker is None:
+        cpus = cfg.cpus_per_worker or max(1.0, math.floor(ray.cluster_resources().get("CPU", 1) / cfg.num_workers))
+        resources_per_worker = {"CPU": cpus}
+    threads = max(1, int(float(resources_per_worker.get("CPU", 1)) + 0.05))  # 1.99 CPUs -> 2 threads
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "config": cfg.to_dict(), "run_dir": str(out),
-                           "resume_from": resume_from, "threads": max(1, int(cpus))},
+                           "resume_from": resume_from, "threads": threads},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cpus}),
+                                     resources_per_worker=dict(resources_per_worker),
+                                     placement_strategy=placement_strategy),
         run_config=RunConfig(
             storage_path=str(out.parent), name=out.name,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute="score",
                                                checkpoint_score_order="min"),
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks) or None,
         ),
     )
-    result = trainer.fit()
-    return {"run_dir": str(out), "metrics": result.metrics,
-            "latest": str(find_checkpoint(out, "latest")), "best": str(find_checkpoint(out, "best"))}

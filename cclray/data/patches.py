@@ -216,3 +216,18 @@ def make_loader(dataset: PatchDataset, cfg: PatchConfig) -> torch.utils.data.Dat
         kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": True, "prefetch_factor": 2}
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), **kwargs)
+
+
+def check_patch_fits(store, subjects: list[str], patch_size, key: str = "patch.patch_size") -> None:
+    """Refuse a patch larger than *every* subject of ``subjects`` along some axis (every patch would
+    then be mostly padding: the config was written for another resolution). Patches larger than
+    only some subjects are fine; those are padded (see the module docstring). ``store``: a
+    :class:`data_prep.store.Store`; subject shapes come from its attrs (no array read)."""
+    shapes = [tuple(store.subject_attrs(sid)["shape"]) for sid in subjects]
+    if not shapes:
+        return
+    largest = tuple(max(s[a] for s in shapes) for a in range(3))
+    if any(p > m for p, m in zip(patch_size, largest)):
+        raise ConfigError(f"{key}={list(patch_size)} is larger than every subject of {store.url} along some "
+                          f"axis (largest cropped shape {list(largest)}): use a patch_size <= {list(largest)} "
+                          f"(multiples of the network stride), or prepare the store at a finer spacing")
