@@ -1,0 +1,134 @@
+"""Whole-volume synthesis: onnxruntime (the cclray runtime, export.runtime) vs torch eager, same weights,
+same Gaussian-blended sliding windows, measured back to back in one run.
+
+    python benchmarks/bench_runtime.py [--smoke | --quick] [--device cuda]
+    python benchmarks/bench_runtime.py --volume 96 96 96 --patch 64 --batches 1 2 4
+
+What a user would otherwise do is run the torch model eagerly over the same windows: the torch
+side is the very same ``OnnxSynthesizer.synthesize`` pipeline with its ``predict`` swapped for the
+torch model, so only the network execution differs. Also printed: model file sizes (fp32 / fp16
+weights) and, at full size, the peak RSS of a torch-free runtime process. Goal: ORT >= 2x faster.
+``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+
+def brain(shape, seed=0) -> dict:
+    """{contrast: (X, Y, Z)} skull-stripped-like volumes: a noisy ellipsoid about BraTS's brain size."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = ((grid / np.array([0.6, 0.75, 0.9])[:, None, None, None]) ** 2).sum(0) < 1.0
+    return {c: np.where(inside, s * (1.5 + grid[0] + rng.random(shape)), 0).astype(np.float32)
+            for c, s in (("t1gd", 300.0), ("flair", 120.0))}
+
+
+RSS_PROBE = """
+import resource, sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+from bench_runtime import brain
+from export.runtime import OnnxSynthesizer
+s = OnnxSynthesizer({model!r}, provider="cpu", threads={threads})
+vols = brain({shape!r})
+t = time.perf_counter(); s.synthesize(vols, batch_size={batch}); dt = time.perf_counter() - t
+assert "torch" not in sys.modules
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, dt)
+"""
+
+
+def main() -> int:
+    ap = _common.parser(__doc__)
+    ap.add_argument("--volume", type=int, nargs=3, default=None, help="volume shape (default 240 240 155)")
+    ap.add_argument("--patch", type=int, default=None, help="training patch size in the card (default 128)")
+    ap.add_argument("--widths", type=int, nargs="+", default=None, help="default: ModelConfig's")
+    ap.add_argument("--threads", type=int, default=None, help="default: all cores")
+    ap.add_argument("--batches", type=int, nargs="+", default=None, help="ORT window batch sizes to try")
+    ap.add_argument("--torch-batch", type=int, default=2)
+    args = ap.parse_args()
+    report = _common.Report("runtime", args)
+    if _common.skip_without_cuda(report):
+        return report.finish()
+    size = tuple(args.volume or _common.pick(args.size, (48, 48, 40), (240, 240, 155), (240, 240, 155)))
+    patch = args.patch or _common.pick(args.size, 32, 128, 128)
+    widths = args.widths or _common.pick(args.size, [8, 16, 32], None, None)
+    batches = args.batches or _common.pick(args.size, [2], [2], [1, 2, 4])
+    full = args.size == "full"
+
+    import logging
+
+    import torch
+
+    from cclray.config import ModelConfig
+    from cclray.models import build_synthesizer
+    from export.onnx_export import export_onnx
+    from export.runtime import OnnxSynthesizer
+
+    logging.basicConfig(level=logging.WARNING)
+    threads = args.threads or _common.cores()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig(**({"widths": tuple(widths)} if widths else {}))
+    model = build_synthesizer(cfg).eval()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
+    for fp16 in ((False, True) if full else (False,)):
+        t = time.perf_counter()
+        rep = export_onnx((model, cfg, {"patch_size": patch}), tmp / f"m_{fp16}.onnx", fp16=fp16,
+                          parity_patch=cfg.stride * 2)
+        report.figure(f"export {rep['precision']} (dynamo, incl. parity)", time.perf_counter() - t, "s")
+        report.figure(f"model file {rep['precision']}", rep["bytes"] / 1e6, "MB")
+    path = tmp / "m_False.onnx"
+    device = torch.device(args.device)
+    model = model.to(device)
+    provider = "cuda" if args.device == "cuda" else "cpu"
+    ort_synth = OnnxSynthesizer(path, provider=provider, threads=threads)
+    ref_synth = OnnxSynthesizer(path, provider="cpu", threads=threads)  # same pipeline, torch predictor
+
+    def torch_predict(x):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x).to(device)).cpu().numpy()
+
+    ref_synth.predict = torch_predict
+    print(f"widths {cfg.widths}, stride {cfg.stride}, patch {patch}, volume {size}, {threads} threads, "
+          f"ORT provider {ort_synth.provider}; windows <= {ort_synth.windows(size)} (before the brain crop)", flush=True)
+    vols = brain(size)
+    warm = np.zeros((1, 2, patch, patch, patch), np.float32)
+    ort_synth.predict(warm), torch_predict(warm)  # first-call allocations out of the timing
+
+    times, outs = {}, {}
+    for b in batches:  # back to back: ORT, then torch eager
+        t = time.perf_counter()
+        outs["ort"] = ort_synth.synthesize(vols, batch_size=b)
+        times[f"ort b{b}"] = report.figure(f"onnxruntime window batch {b}", time.perf_counter() - t, "s")
+    t = time.perf_counter()
+    outs["torch"] = ref_synth.synthesize(vols, batch_size=args.torch_batch)
+    times["torch"] = report.figure(f"torch eager window batch {args.torch_batch}", time.perf_counter() - t, "s")
+    diff = max(float(np.abs(outs["ort"][c] - outs["torch"][c]).max()) for c in outs["torch"])
+    report.figure("max |ORT - torch| over the volume", diff, "z")
+    best = min(v for k, v in times.items() if k.startswith("ort"))
+    report.ratio("torch eager / onnxruntime (whole volume)", times["torch"] / best, goal=2)
+
+    if full and args.device == "cpu":
+        code = RSS_PROBE.format(root=str(_common.ROOT), bench=str(Path(__file__).parent), model=str(path),
+                                threads=threads, shape=size, batch=batches[0])
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(_common.ROOT)}).stdout.split()
+        report.figure("torch-free runtime process: peak RSS", float(out[0]), "MB")
+        report.figure("torch-free runtime process: synthesis", float(out[1]), "s")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
