@@ -29,6 +29,7 @@ class DemoConfig(FrozenConfig):
     spacing: float = 2.0  # mm; 1.0 = BraTS's 240x240x155
     splits: dict | None = None  # subject counts per split
     widths: tuple[int, ...] = (16, 32, 64, 128)
+    proj_stride: int = 4  # decoder level of the CCL projection head (feature voxel = proj_stride x spacing)
     patch: int = 32
     batch: int = 2
     pretrain_epochs: int = 8
@@ -68,7 +69,7 @@ def stage_dict(cfg: DemoConfig, store: str, stage: str, epochs: int) -> dict:
     """The stage config (PretrainConfig/FinetuneConfig dict) the demo trains with."""
     return {
         "store": store,
-        "model": {"widths": list(cfg.widths), "groups": min(8, cfg.widths[0])},
+        "model": {"widths": list(cfg.widths), "groups": min(8, cfg.widths[0]), "proj_stride": cfg.proj_stride},
         "patch": {"patch_size": [cfg.patch] * 3, "batch_size": cfg.batch, "num_workers": cfg.loader_workers},
         "epochs": epochs, "steps_per_epoch": cfg.steps_per_epoch, "seed": cfg.seed,
         "num_workers": cfg.workers, "use_gpu": cfg.use_gpu,

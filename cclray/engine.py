@@ -144,6 +144,16 @@ def _mean(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------- the loop
+def make_scheduler(opt: torch.optim.Optimizer, cfg):
+    """The epoch-level lr schedule ``cfg.lr_schedule`` names (see :class:`cclray.stage_config.StageConfig`)."""
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+
+
 def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
     """Train ``stage`` for ``cfg.epochs`` epochs (resuming when ``ctx`` has a checkpoint).
 
@@ -163,8 +173,7 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
     raw = unwrap(model)
     use_amp = bool(cfg.amp) and device.type == "cuda"
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    sched = make_scheduler(opt, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     seed_everything(rank_seed(cfg.seed, ctx.rank))
     if ckpt is not None:
@@ -217,13 +226,11 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
         validated = stage.validate is not None and (save or done % getattr(cfg, "val_every", 1) == 0)
         if validated:
             val = stage.validate(raw)
-        if stage.validate is None:
-            score = mean_loss
+        score = mean_loss if stage.validate is None else val.get("val_l1", float("nan"))
+        if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step()  # cosine / constant: once an epoch
+        elif stage.validate is None or validated:
             sched.step(score)
-        else:
-            score = val.get("val_l1", float("nan"))
-            if validated:
-                sched.step(score)
         rank_sids = ctx.gather(sorted(sids))
         rank_checksums = ctx.gather(weight_checksum(raw))
         metrics = {

@@ -20,6 +20,7 @@ from data_prep.schema import CONTRASTS, constraint_name
 
 DEFAULT_CONSTRAINT = constraint_name(CONTRASTS, 20)
 STAGES = ("pretrain", "finetune")
+LR_SCHEDULES = ("plateau", "cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,12 @@ class StageConfig(FrozenConfig):
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    # ReduceLROnPlateau on the epoch's score (finetune: val L1; pretrain: mean train loss).
-    # patience 3 epochs: short runs (tens of epochs) still decay a few times.
+    # "plateau": ReduceLROnPlateau on the epoch's score (finetune: val L1); patience 3 epochs, so short
+    # runs (tens of epochs) still decay a few times. "cosine": cosine decay over the epochs to min_lr.
+    # "constant": no decay. Pretraining defaults to cosine: its only score is the training loss of a
+    # random patch stream, too noisy for plateau detection (measured: plateau took the lr from 1e-3 to
+    # 1e-6 within 1400 of 2000 steps while the CCL loss was still falling at 1e-3).
+    lr_schedule: str = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     min_lr: float = 1e-6
@@ -58,6 +63,8 @@ class StageConfig(FrozenConfig):
         require(self.lr > 0, f"{name}.lr={self.lr} must be > 0")
         require(self.weight_decay >= 0, f"{name}.weight_decay={self.weight_decay} must be >= 0")
         require(self.grad_clip >= 0, f"{name}.grad_clip={self.grad_clip} must be >= 0 (0 = no clipping)")
+        require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule={self.lr_schedule!r}: use one of "
+                                                   f"{list(LR_SCHEDULES)}")
         require(0 < self.plateau_factor < 1, f"{name}.plateau_factor={self.plateau_factor} must be in (0, 1)")
         require(self.plateau_patience >= 0, f"{name}.plateau_patience={self.plateau_patience} must be >= 0")
         require(0 <= self.min_lr <= self.lr, f"{name}.min_lr={self.min_lr} must be in [0, lr={self.lr}]")
@@ -88,6 +95,7 @@ class PretrainConfig(StageConfig):
     """Stage 1: CCL pretraining of ``model`` on ``split`` with constraint map ``constraint``."""
 
     split: str = "pretrain"
+    lr_schedule: str = "cosine"  # see StageConfig.lr_schedule
     constraint: str = DEFAULT_CONSTRAINT  # store array constraint/<name> (`cclray constraint` adds others)
 
     @property

@@ -33,7 +33,7 @@ def _one_thread():
 def pretrain_run(tiny_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("pre")
     ctx = LocalContext(run)
-    out = run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=12, lr=3e-3), ctx)
+    out = run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=12, lr=3e-3, lr_schedule="plateau"), ctx)
     return run, ctx, out
 
 
@@ -94,3 +94,22 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tin
 def test_missing_constraint_is_a_config_error(tiny_store, tmp_path):
     with pytest.raises(ConfigError, match="constraint='t1w-k5'.*cclray constraint"):
         run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=1, constraint="t1w-k5"), LocalContext(tmp_path))
+
+
+@pytest.mark.parametrize("schedule, expect", [
+    ("cosine", lambda lrs: all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-6)),
+    ("constant", lambda lrs: lrs == [1e-3] * 3),
+])
+def test_lr_schedules(tiny_store, tmp_path, schedule, expect):
+    """Pretraining defaults to cosine (its noisy train loss is no plateau signal); constant is kept flat."""
+    assert PretrainConfig.from_dict({"store": "s"}).lr_schedule == "cosine"
+    assert FinetuneConfig.from_dict({"store": "s"}).lr_schedule == "plateau"
+    ctx = LocalContext(tmp_path)
+    run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=3, steps_per_epoch=1, lr_schedule=schedule), ctx)
+    lrs = [r["lr"] for r in ctx.reports]  # lr after each epoch's scheduler step
+    assert expect(lrs), lrs
+
+
+def test_unknown_lr_schedule_is_refused():
+    with pytest.raises(ConfigError, match="lr_schedule='step'.*plateau"):
+        PretrainConfig.from_dict({"store": "s", "lr_schedule": "step"})
