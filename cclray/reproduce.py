@@ -84,7 +84,7 @@ def aggregate(summaries: dict[int, dict], method: str = "paper", region: str = "
     seeds = sorted(summaries)
 
     def per_seed(run, c, m):
-        return [summaries[s]["results"][method][region][run][c][m]["mean"] for s in seeds]
+        return [summaries[s]["results"][method][run][region][c][m]["mean"] for s in seeds]
 
     table, diff = {}, {}
     for run in RUNS:
