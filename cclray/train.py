@@ -142,12 +142,15 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
 
 def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_from: str | None = None,
                   max_failures: int = 0, callbacks: list | tuple = (),
-                  resources_per_worker: dict | None = None, placement_strategy: str = "PACK") -> TorchTrainer:
+                  resources_per_worker: dict | None = None, placement_strategy: str = "PACK",
+                  controller_failure_limit: int = -1) -> TorchTrainer:
     """The ``TorchTrainer`` of :func:`fit` (also used by ``tune.trial``, with ``TuneReportCallback``).
 
     ``out``: run directory (Ray's ``storage_path/name``). ``resources_per_worker``: default
     ``{"CPU": cfg.cpus_per_worker or the cluster's CPUs / num_workers}``; its ``CPU`` also sets the
-    torch threads of each worker. Needs a running Ray (``ray.init``).
+    torch threads of each worker. ``controller_failure_limit``: retries of controller errors such as a
+    worker group that cannot be scheduled (-1 = forever, Ray's default; a Tune trial gives a few so that
+    an unschedulable trial fails instead of holding the sweep). Needs a running Ray (``ray.init``).
     """
     out = Path(out)
     if resources_per_worker is None:
@@ -166,7 +169,8 @@ def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_f
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute="score",
                                                checkpoint_score_order="min"),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=max_failures,
+                                         controller_failure_limit=controller_failure_limit),
             callbacks=list(callbacks) or None,
         ),
     )

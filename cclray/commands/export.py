@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="finetune run folder (its best/latest checkpoint is exported)")
     src.add_argument("--checkpoint", help="one checkpoint folder or file")
+    src.add_argument("--sweep", help="a `cclray tune` sweep folder (its best trial's finetune checkpoint is exported)")
     parser.add_argument("--out", required=True, help="MODEL.onnx to write (atomically; nothing on failure)")
     parser.add_argument("--fp16", action="store_true",
                         help="store weights as float16 (half the file); inputs, outputs and compute stay float32")
@@ -25,8 +26,18 @@ def run(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportError, export_onnx
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log every deduplicated initializer
+    source = args.run or args.checkpoint
+    if getattr(args, "sweep", None):
+        from tune.report import SweepReportError, best_checkpoint
+
+        try:
+            source = str(best_checkpoint(args.sweep))
+        except SweepReportError as e:
+            print(f"export failed: {e}")
+            return 1
+        print(f"sweep {args.sweep}: best trial's checkpoint {source}")
     try:
-        report = export_onnx(args.run or args.checkpoint, args.out, fp16=args.fp16, opset=args.opset,
+        report = export_onnx(source, args.out, fp16=args.fp16, opset=args.opset,
                              parity_patch=args.parity_patch)
     except ExportError as e:
         print(f"export failed: {e}")

@@ -1,0 +1,71 @@
+"""``cclray tune --store S --out SWEEP``: Ray Tune search over constraint and loss settings.
+
+Each trial: constraint map (computed once per setting) -> CCL pretrain -> short finetune reporting
+validation SSIM; Optuna TPE proposes, ASHA stops bad trials early. Writes results.csv, summary.md,
+metric_vs_settings.png and best.json into SWEEP; ``cclray export --sweep SWEEP`` exports the best.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "Ray Tune search over constraint and loss settings"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tune.space import BUDGETS
+
+    parser.add_argument("--store", required=True, help="a store written by `cclray prep` (path or URL)")
+    parser.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (local path or URL)")
+    parser.add_argument("--runs-dir", default="", help="trials' run folders (default SWEEP/runs; needed for a URL)")
+    parser.add_argument("--samples", type=int, default=8, help="trials (default %(default)s)")
+    parser.add_argument("--max-concurrent", type=int, default=0,
+                        help="trials at once (default: what the cluster holds; 1 without GPUs)")
+    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (default 0)")
+    parser.add_argument("--cpus-per-worker", type=float, default=0.0,
+                        help="CPUs per Train worker (default: the cluster's CPUs shared by the trials)")
+    parser.add_argument("--budget", default="small", choices=list(BUDGETS),
+                        help="training size of every trial (default %(default)s; tiny = tests)")
+    parser.add_argument("--seed", type=int, default=0, help="Optuna and training seed (default 0)")
+    parser.add_argument("--grace-period", type=int, default=1, help="ASHA: finetune epochs before a stop")
+    parser.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor (default 2)")
+    parser.add_argument("--trial-retries", type=int, default=0, help="re-runs of a failed trial (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep in SWEEP (Tuner.restore)")
+    parser.add_argument("--no-pretrain-arm", action="store_true",
+                        help="do not sample the control arm (finetune from random init)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from data_prep.config import ConfigError
+    from tune.report import SweepReportError
+    from tune.space import SearchSpace
+    from tune.sweep import SweepConfig, SweepExistsError, run_sweep
+
+    try:
+        cfg = SweepConfig(store=args.store, out=args.out, runs_dir=args.runs_dir, samples=args.samples,
+                          budget=args.budget, max_concurrent=args.max_concurrent,
+                          workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+                          cpus_per_worker=args.cpus_per_worker, seed=args.seed, grace_period=args.grace_period,
+                          reduction_factor=args.reduction_factor, trial_retries=args.trial_retries,
+                          space=SearchSpace(pretrain_arm=not args.no_pretrain_arm))
+        if not ray.is_initialized():
+            ray.init(address=args.address)
+        out = run_sweep(cfg, resume=args.resume)
+    except (ConfigError, SweepExistsError, SweepReportError) as e:
+        print(f"cclray tune: {e}", file=sys.stderr)
+        return 2
+    c = out["counts"]
+    print(f"{sum(c.values())} trials: {c['ok']} finished, {c['stopped']} stopped early by ASHA, {c['error']} failed")
+    for key, path in out["paths"].items():
+        print(f"  {key}: {path}")
+    best = out["best"]
+    if best is None:
+        print("no trial finished with a metric: see results.csv")
+        return 1
+    print(f"best {best['trial_id']}: val_ssim {best['metric']:.4f}; export it with "
+          f"`cclray export --sweep {args.out} --out MODEL.onnx`")
+    return 0
