@@ -211,11 +211,12 @@ def test_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_subject_speed(tmp_path):
+def test_full_size_subject(tmp_path):
+    """A 1 mm subject has BraTS's grid. Its time is printed, not asserted (shared machines are noisy;
+    benchmarks/bench_prep.py measures it)."""
     phantom.make_subject("warm-up", 0, spacing=2.0)  # template load is once per process
     start = time.perf_counter()
     path = phantom.write_subject(tmp_path, "BraTS2021_00000", 11, spacing=1.0)
     seconds = time.perf_counter() - start
     print(f"1 mm subject: {seconds:.1f} s (make + write), loadavg {os.getloadavg()}")
     assert nib.load(path / "BraTS2021_00000_t1.nii.gz").shape == (240, 240, 155)
-    assert seconds < 10 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
