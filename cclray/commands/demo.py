@@ -7,7 +7,7 @@ HELP = "the end-to-end demo on the phantom cohort"
 def add_arguments(p) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out); a rerun keeps finished steps")
     p.add_argument("--preset", default="cpu-small", choices=["cpu-small", "paper", "smoke"],
-                   help="cpu-small: ~15 min on 2 CPU cores (2 mm, reduced cohort and steps); paper: the paper's "
+                   help="cpu-small: about 6 min on 2 CPU cores (2 mm, 24 subjects, 1000/200 steps); paper: the paper's "
                         "sizes for a GPU cluster; smoke: a one-minute plumbing check")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the preset's)")
     p.add_argument("--gpus", action="store_true", help="train on GPUs (one per worker)")
