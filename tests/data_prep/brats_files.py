@@ -1,9 +1,6 @@
 """Tiny BraTS-layout NIfTI subjects for the data_prep tests (not a test module itself)."""
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -62,32 +59,6 @@ def contrast_file(folder: Path, contrast: str) -> Path:
 
 
 # ------------------------------------------------------------------ constraint stand-in
-@dataclass(frozen=True)
-class _Spec:
-    contrasts: tuple = tuple(CONTRASTS)
-    k: int = 20
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        from data_prep.schema import constraint_name
-
-        return constraint_name(self.contrasts, self.k)
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(tuple(d.get("contrasts", CONTRASTS)), int(d.get("k", 20)), int(d.get("seed", 0)))
-
-    def to_dict(self):
-        return {"contrasts": list(self.contrasts), "k": self.k, "seed": self.seed}
-
-    @classmethod
-    def parse(cls, text):
-        contrasts, _, rest = text.partition(":")
-        kw = dict(p.split("=") for p in rest.split(",") if p)
-        return cls(tuple(contrasts.split(",")), int(kw.get("k", 20)), int(kw.get("seed", 0)))
-
-
 def _stub_map(volumes, mask, k=20, seed=0):
     """Quantile bins of the first channel: labels 1..k inside ``mask``, 0 outside."""
     v = volumes[0][mask]
@@ -97,14 +68,3 @@ def _stub_map(volumes, mask, k=20, seed=0):
     return out
 
 
-def constraint_module_or_stub(monkeypatch) -> bool:
-    """Use the real ``data_prep.constraint`` when it exists, else install a stand-in; True when real."""
-    try:
-        import data_prep.constraint  # noqa: F401
-
-        return True
-    except ImportError:
-        mod = types.ModuleType("data_prep.constraint")
-        mod.ConstraintSpec, mod.constraint_map = _Spec, _stub_map
-        monkeypatch.setitem(sys.modules, "data_prep.constraint", mod)
-        return False

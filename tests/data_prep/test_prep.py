@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import test_nifti as broken  # the file breakers
-from brats_files import SHAPE, _stub_map as stub_constraint_map, constraint_module_or_stub, contrast_file, make_volumes, write_subject_dir
+from brats_files import SHAPE, _stub_map as stub_constraint_map, contrast_file, make_volumes, write_subject_dir
 from data_prep import preprocess
 from data_prep.config import ConfigError
 from data_prep.prep import PrepConfig, run_prep
@@ -20,18 +20,15 @@ CNAME = constraint_name(CONTRASTS, K)
 @pytest.fixture(autouse=True)
 def constraint(request, monkeypatch):
     """The real constraint map only in tests asking for ``real_constraint`` (it costs ~1 s a subject)."""
-    real = constraint_module_or_stub(monkeypatch)
-    if real and "real_constraint" not in request.fixturenames:
+    if "real_constraint" not in request.fixturenames:
         import data_prep.constraint
 
         monkeypatch.setattr(data_prep.constraint, "constraint_map", stub_constraint_map)
-    return real
 
 
 @pytest.fixture
-def real_constraint(constraint):
-    if not constraint:
-        pytest.skip("needs the real data_prep.constraint")
+def real_constraint():
+    """Marker fixture: this test uses the real k-means constraint map."""
 
 
 @pytest.fixture
