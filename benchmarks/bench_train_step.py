@@ -5,7 +5,8 @@ loop of the same net, and what channels-last, bf16 autocast and torch.compile do
 
 - **project**: ``cclray.engine_finetune.run_finetune`` under ``LocalContext`` (world size 1, no Ray),
   2 epochs of ``--steps`` steps reading patches from a prepared store (loader in-process); the
-  figure is the second epoch's ``steps_per_s`` (the first pays the allocations).
+  figure is the second epoch's ``steps_per_s`` (the first pays the allocations). Its defaults:
+  fp32, ``channels_last`` on. Also reported: the project step with ``cpu_bf16`` (CUDA: ``amp``, on).
 - **eager**: what a user would otherwise write: the same ``Synthesizer``, Adam, masked-free L1 on
   random tensors of the same shape, ``zero_grad / backward / step``.
 - variants of the eager loop: ``channels_last_3d`` (model and input), ``bf16`` autocast,
@@ -77,15 +78,16 @@ def variants(cfg, patch: int, batch: int, device, compile_: bool) -> dict:
     return out
 
 
-def project_steps_per_s(store: str, cfg, patch: int, batch: int, steps: int, device: str) -> float:
-    """Second-epoch steps/s of the project's finetune loop (LocalContext, no validation)."""
+def project_steps_per_s(store: str, cfg, patch: int, batch: int, steps: int, device: str, **over) -> float:
+    """Second-epoch steps/s of the project's finetune loop (LocalContext, no validation); ``over``:
+    FinetuneConfig overrides."""
     from cclray.engine import LocalContext
     from cclray.engine_finetune import run_finetune
     from cclray.stage_config import FinetuneConfig
 
     fc = FinetuneConfig.from_dict({
         "store": store, "model": cfg.to_dict(), "val_split": None, "epochs": 2, "steps_per_epoch": steps,
-        "checkpoint_every": 10, "patch": {"patch_size": [patch] * 3, "batch_size": batch, "num_workers": 0}})
+        "checkpoint_every": 10, "patch": {"patch_size": [patch] * 3, "batch_size": batch, "num_workers": 0}, **over})
     ctx = LocalContext(None, device=device)
     run_finetune(fc, ctx)
     return float(ctx.reports[-1]["steps_per_s"])
@@ -127,6 +129,9 @@ def main() -> int:
     project_s = 2 / (project + project2)
     report.figure("project step (run_finetune, LocalContext)", project_s, "s/step",
                   runs=[round(1 / project, 3), round(1 / project2, 3)])
+    if device.type == "cpu":
+        bf16_s = 1 / project_steps_per_s(store, cfg, patch, batch, steps, args.device, cpu_bf16=True)
+        report.figure("project step, cpu_bf16=true", bf16_s, "s/step")
     med = {k: _common.median(v) for k, v in times.items()}
     for name, t in med.items():
         report.figure(name, t, "s/step", patches_per_s=round(batch / t, 3))
@@ -136,6 +141,9 @@ def main() -> int:
     others = {k: v for k, v in med.items() if k != "eager fp32"}
     best = min(others, key=others.get)
     report.ratio(f"eager fp32 / best other variant ({best})", eager / others[best], goal=1.0)
+    if device.type == "cpu":
+        report.ratio("eager fp32 / project step with cpu_bf16=true", eager / bf16_s, goal=1.0,
+                     note="opt-in: `--set cpu_bf16=true`")
     for name, t in med.items():
         if name != "eager fp32":
             report.figure(f"speed-up of {name} over eager fp32", eager / t, "x")

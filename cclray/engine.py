@@ -154,6 +154,16 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg):
         opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
 
 
+def autocast_settings(cfg, device: torch.device) -> tuple[torch.dtype, bool]:
+    """``(dtype, enabled)`` of the training autocast: float16 on CUDA when ``cfg.amp`` (with a
+    GradScaler), bfloat16 on CPU when ``cfg.cpu_bf16`` (no scaler: bfloat16 has float32's range)."""
+    if device.type == "cuda":
+        return torch.float16, bool(cfg.amp)
+    if device.type == "cpu":
+        return torch.bfloat16, bool(cfg.cpu_bf16)
+    return torch.float32, False
+
+
 def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
     """Train ``stage`` for ``cfg.epochs`` epochs (resuming when ``ctx`` has a checkpoint).
 
@@ -169,9 +179,12 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
     else:
         start_epoch, step = 0, 0
         init_info = stage.init(raw) if stage.init is not None else None
+    if cfg.channels_last:
+        raw = raw.to(memory_format=torch.channels_last_3d)  # before DDP: its buckets follow the strides
     model = ctx.wrap_model(raw, find_unused_parameters=stage.find_unused_parameters)
     raw = unwrap(model)
     use_amp = bool(cfg.amp) and device.type == "cuda"
+    autocast_dtype, use_autocast = autocast_settings(cfg, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = make_scheduler(opt, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -204,7 +217,7 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
         for batch in loader:
             sids.update(batch["sid"])
             batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=use_autocast):
                 loss = stage.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -113,3 +113,27 @@ def test_lr_schedules(tiny_store, tmp_path, schedule, expect):
 def test_unknown_lr_schedule_is_refused():
     with pytest.raises(ConfigError, match="lr_schedule='step'.*plateau"):
         PretrainConfig.from_dict({"store": "s", "lr_schedule": "step"})
+
+
+def test_channels_last_trains_the_same_net_as_contiguous(tiny_store, tmp_path):
+    """channels_last_3d is a layout, not a different computation: same losses to float tolerance."""
+    cfg = _cfg(FinetuneConfig, tiny_store, epochs=2, steps_per_epoch=2, val_split=None)
+    a, b = LocalContext(tmp_path / "cl"), LocalContext(tmp_path / "contig")
+    run_finetune(cfg, a)
+    run_finetune(cfg.replace(channels_last=False), b)
+    assert [r["loss"] for r in a.reports] == pytest.approx([r["loss"] for r in b.reports], rel=1e-3)
+    net = load_synthesizer(find_checkpoint(tmp_path / "cl"))[0]  # the checkpoint loads into a plain model
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_cpu_bf16_autocast_is_opt_in_and_trains(tiny_store, tmp_path):
+    from cclray.engine import autocast_settings
+    cfg = _cfg(FinetuneConfig, tiny_store, epochs=1, steps_per_epoch=2, val_split=None)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_settings(cfg, cpu) == (torch.bfloat16, False)
+    assert autocast_settings(cfg.replace(cpu_bf16=True), cpu) == (torch.bfloat16, True)
+    assert autocast_settings(cfg, cuda) == (torch.float16, True)
+    assert autocast_settings(cfg.replace(amp=False), cuda) == (torch.float16, False)
+    ctx = LocalContext(tmp_path)
+    out = run_finetune(cfg.replace(cpu_bf16=True), ctx)
+    assert torch.isfinite(torch.tensor(out["loss"])) and out["loss"] > 0
