@@ -6,7 +6,8 @@ same Gaussian-blended sliding windows, measured back to back in one run.
 
 What a user would otherwise do is run the torch model eagerly over the same windows: the torch
 side is the very same ``OnnxSynthesizer.synthesize`` pipeline with its ``predict`` swapped for the
-torch model, so only the network execution differs. Also printed: model file sizes (fp32 / fp16
+torch model, so only the network execution differs. On CPU the torch model is also timed in
+channels_last_3d (what ``cclray evaluate`` uses). Also printed: model file sizes (fp32 / fp16
 weights) and, at full size, the peak RSS of a torch-free runtime process. Goal: ORT >= 2x faster.
 ``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider.
 """
@@ -118,6 +119,14 @@ def main() -> int:
     report.figure("max |ORT - torch| over the volume", diff, "z")
     best = min(v for k, v in times.items() if k.startswith("ort"))
     report.ratio("torch eager / onnxruntime (whole volume)", times["torch"] / best, goal=2)
+    if args.device == "cpu":  # what `cclray evaluate` runs: the same model in channels_last_3d
+        model.to(memory_format=torch.channels_last_3d)
+        t = time.perf_counter()
+        ref_synth.synthesize(vols, batch_size=args.torch_batch)
+        cl = report.figure(f"torch eager channels_last_3d window batch {args.torch_batch}",
+                           time.perf_counter() - t, "s")
+        report.ratio("torch channels_last_3d / onnxruntime (whole volume)", cl / best, goal=None,
+                     note="oneDNN's blocked 3D convolutions; onnxruntime's CPU Conv3D has none")
 
     if full and args.device == "cpu":
         code = RSS_PROBE.format(root=str(_common.ROOT), bench=str(Path(__file__).parent), model=str(path),

@@ -22,16 +22,18 @@ def torch_predict_fn(model: torch.nn.Module, device: str | torch.device) -> Call
     """A ``(B, C, p, p, p)`` float32 numpy -> ``(B, O, p, p, p)`` float32 numpy function over ``model``.
 
     Runs under ``torch.no_grad``; on CUDA under ``torch.autocast`` (float16), the result cast back
-    to float32.
+    to float32. Moves ``model`` to channels_last_3d memory format (in place; same weights): measured
+    1.8x faster 128³ windows on CPU (docs/BENCHMARKS.md).
     """
     device = torch.device(device)
     use_amp = device.type == "cuda"
+    model.to(memory_format=torch.channels_last_3d)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)  # (B, C, p, p, p)
         with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
             y = model(x)  # (B, O, p, p, p)
-        return y.float().cpu().numpy()
+        return y.float().contiguous().cpu().numpy()
 
     return predict
 
