@@ -1,4 +1,5 @@
 """Ingestion end to end on tiny subjects: round trip, namings, URLs, resumability, failures, splits, CLI."""
+import json
 import re
 
 import numpy as np
@@ -191,6 +192,19 @@ def test_cli_exit_codes(tmp_path, src, capsys):
     assert _cli(tmp_path / "nothing", "--out", tmp_path / "c.zarr") == 2
 
 
+def test_cli_layout_flags(tmp_path, src):
+    """--codec none / --chunk reach the store: uncompressed chunks of the asked edge."""
+    args = [src, "--workers", 1, "--constraint", "t1w,flair:k=3", "--splits", "pretrain=1,finetune=1,val=1,test=1",
+            "--allow-skips", "--codec", "none", "--chunk", 16, "--out", tmp_path / "raw.zarr"]
+    assert _cli(*args) == 0
+    store = Store(str(tmp_path / "raw.zarr"))
+    assert store.attrs["prep_config"]["layout"] == {"chunk": 16, "dtype": "float16", "codec": "none"}
+    meta = next((tmp_path / "raw.zarr").rglob("image/zarr.json")).read_text()
+    image = json.loads(meta)
+    assert image["chunk_grid"]["configuration"]["chunk_shape"][1:] == [16, 16, 16]
+    assert not any(c["name"] == "blosc" for c in image["codecs"])
+
+
 # ------------------------------------------------------------------ config and splits
 @pytest.mark.parametrize("changes,match", [
     ({"margn": 3}, "did you mean 'margin'"),
@@ -198,6 +212,8 @@ def test_cli_exit_codes(tmp_path, src, capsys):
     ({"margin": -1}, "margin >= 0"),
     ({"splits": {"pretrain": 0}}, "positive count"),
     ({"layout": {"chunk": 32, "codec": "gzip9"}}, "unknown codec"),
+    ({"layout": {"chunk": 4}}, r"chunk=4: use an integer edge in \[8, 256\]"),
+    ({"layout": {"dtype": "int8"}}, "dtype='int8'"),
 ])
 def test_prep_config_refuses(changes, match):
     with pytest.raises(ConfigError, match=match):
