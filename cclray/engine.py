@@ -154,6 +154,17 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg):
         opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model`` in channels_last_3d memory format, in place. 1×1×1 kernels stay contiguous: for them
+    both layouts are the same bytes, but autograd creates their gradients with contiguous strides and
+    DDP would warn that grad and bucket strides differ (and copy every step)."""
+    model.to(memory_format=torch.channels_last_3d)
+    for p in model.parameters():
+        if p.dim() == 5 and tuple(p.shape[2:]) == (1, 1, 1):
+            p.data = p.data.clone(memory_format=torch.contiguous_format)  # .contiguous() is a no-op here
+    return model
+
+
 def autocast_settings(cfg, device: torch.device) -> tuple[torch.dtype, bool]:
     """``(dtype, enabled)`` of the training autocast: float16 on CUDA when ``cfg.amp`` (with a
     GradScaler), bfloat16 on CPU when ``cfg.cpu_bf16`` (no scaler: bfloat16 has float32's range)."""
@@ -180,7 +191,7 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
         start_epoch, step = 0, 0
         init_info = stage.init(raw) if stage.init is not None else None
     if cfg.channels_last:
-        raw = raw.to(memory_format=torch.channels_last_3d)  # before DDP: its buckets follow the strides
+        raw = to_channels_last(raw)  # before DDP: its gradient buckets follow the strides
     model = ctx.wrap_model(raw, find_unused_parameters=stage.find_unused_parameters)
     raw = unwrap(model)
     use_amp = bool(cfg.amp) and device.type == "cuda"

@@ -86,6 +86,22 @@ class RayContext(TrainContext):
         return out
 
 
+def quiet_ray_report_logs() -> None:
+    """Ray Train V2 logs every ``ray.train.report`` call at INFO with the whole metrics dict (two
+    lines an epoch and rank, rank_sids included) and every checkpoint; the engine already logs one
+    line an epoch. Its loggers go to WARNING (the context module names its logger by file path)."""
+    import importlib
+
+    for module in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # another Ray version: its logs stay as they are
+            continue
+        for name in (module, getattr(mod, "__file__", None)):
+            if name:
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray's worker function: plain dict -> typed config first, then the framework-free engine."""
     stage = config["stage"]
@@ -93,6 +109,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(int(config.get("threads", 1)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    quiet_ray_report_logs()
     ctx = RayContext(config.get("run_dir"), config.get("resume_from"))
     if stage == "pretrain":
         from cclray.engine_pretrain import run_pretrain as run

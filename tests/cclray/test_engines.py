@@ -137,3 +137,18 @@ def test_cpu_bf16_autocast_is_opt_in_and_trains(tiny_store, tmp_path):
     ctx = LocalContext(tmp_path)
     out = run_finetune(cfg.replace(cpu_bf16=True), ctx)
     assert torch.isfinite(torch.tensor(out["loss"])) and out["loss"] > 0
+
+
+def test_to_channels_last_keeps_1x1x1_kernels_in_ddp_friendly_strides():
+    from cclray.engine import to_channels_last
+    from cclray.config import ModelConfig
+    from cclray.models import build_synthesizer
+
+    net = to_channels_last(build_synthesizer(ModelConfig(widths=(8, 16, 32))))
+    five = [p for p in net.parameters() if p.dim() == 5]
+    big = [p for p in five if p.shape[2:] != (1, 1, 1)]
+    one = [p for p in five if p.shape[2:] == (1, 1, 1)]
+    assert big and one
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous() for p in big)
+    # autograd makes 1×1×1 grads with plain strides; DDP warns and copies unless the weight has them too
+    assert all(p.stride() == torch.empty(p.shape).stride() for p in one)
