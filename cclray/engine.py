@@ -25,6 +25,7 @@ from torch import nn
 
 from cclray.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cclray.data import PatchDataset, make_loader
+from cclray.models import to_channels_last
 from cclray.runs import (MetricsLog, checkpoint_name, find_checkpoint, install_checkpoint, prune_checkpoints,
                          write_run_config)
 
@@ -154,17 +155,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg):
         opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` in channels_last_3d memory format, in place. 1×1×1 kernels stay contiguous: for them
-    both layouts are the same bytes, but autograd creates their gradients with contiguous strides and
-    DDP would warn that grad and bucket strides differ (and copy every step)."""
-    model.to(memory_format=torch.channels_last_3d)
-    for p in model.parameters():
-        if p.dim() == 5 and tuple(p.shape[2:]) == (1, 1, 1):
-            p.data = p.data.clone(memory_format=torch.contiguous_format)  # .contiguous() is a no-op here
-    return model
-
-
 def autocast_settings(cfg, device: torch.device) -> tuple[torch.dtype, bool]:
     """``(dtype, enabled)`` of the training autocast: float16 on CUDA when ``cfg.amp`` (with a
     GradScaler), bfloat16 on CPU when ``cfg.cpu_bf16`` (no scaler: bfloat16 has float32's range)."""
@@ -194,11 +184,10 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
         raw = to_channels_last(raw)  # before DDP: its gradient buckets follow the strides
     model = ctx.wrap_model(raw, find_unused_parameters=stage.find_unused_parameters)
     raw = unwrap(model)
-    use_amp = bool(cfg.amp) and device.type == "cuda"
     autocast_dtype, use_autocast = autocast_settings(cfg, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = make_scheduler(opt, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_autocast and autocast_dtype == torch.float16)
     seed_everything(rank_seed(cfg.seed, ctx.rank))
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cclray.models import to_channels_last
 from cclray.windows import sliding_window
 from data_prep.schema import channel_index
 
@@ -27,7 +28,7 @@ def torch_predict_fn(model: torch.nn.Module, device: str | torch.device) -> Call
     """
     device = torch.device(device)
     use_amp = device.type == "cuda"
-    model.to(memory_format=torch.channels_last_3d)
+    to_channels_last(model)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)  # (B, C, p, p, p)

@@ -140,7 +140,7 @@ def test_cpu_bf16_autocast_is_opt_in_and_trains(tiny_store, tmp_path):
 
 
 def test_to_channels_last_keeps_1x1x1_kernels_in_ddp_friendly_strides():
-    from cclray.engine import to_channels_last
+    from cclray.models import to_channels_last
     from cclray.config import ModelConfig
     from cclray.models import build_synthesizer
 
