@@ -93,7 +93,10 @@ def machine() -> dict:
 
     for mod in ("numpy", "torch", "onnxruntime", "ray", "zarr", "tensorstore", "nibabel"):
         try:
-            info[mod] = version(mod if mod != "onnxruntime" or not _has_dist("onnxruntime-gpu") else "onnxruntime-gpu")
+            dist = mod
+            if mod == "onnxruntime":  # the GPU and OpenVINO builds install the same module
+                dist = next((d for d in ("onnxruntime-gpu", "onnxruntime-openvino") if _has_dist(d)), mod)
+            info[mod] = version(dist) + ("" if dist == mod else f" ({dist})")
         except PackageNotFoundError:  # not installed: say so rather than fail the benchmark
             info[mod] = None
     if info.get("torch"):

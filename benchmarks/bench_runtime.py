@@ -9,7 +9,8 @@ side is the very same ``OnnxSynthesizer.synthesize`` pipeline with its ``predict
 torch model, so only the network execution differs. On CPU the torch model is also timed in
 channels_last_3d (what ``cclray evaluate`` uses). Also printed: model file sizes (fp32 / fp16
 weights) and, at full size, the peak RSS of a torch-free runtime process. Goal: ORT >= 2x faster.
-``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider.
+``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider. Where onnxruntime is the
+onnxruntime-openvino build, its OpenVINO execution provider is timed too (CPU).
 """
 from __future__ import annotations
 
@@ -112,6 +113,17 @@ def main() -> int:
         t = time.perf_counter()
         outs["ort"] = ort_synth.synthesize(vols, batch_size=b)
         times[f"ort b{b}"] = report.figure(f"onnxruntime window batch {b}", time.perf_counter() - t, "s")
+    import onnxruntime as ort
+
+    if args.device == "cpu" and "OpenVINOExecutionProvider" in ort.get_available_providers():
+        ov_synth = OnnxSynthesizer(path, provider="openvino", threads=threads)  # onnxruntime-openvino
+        t = time.perf_counter()
+        ov_synth.predict(np.zeros((batches[0], 2, patch, patch, patch), np.float32))
+        report.figure("onnxruntime OpenVINO EP first call (compile)", time.perf_counter() - t, "s")
+        t = time.perf_counter()
+        outs["openvino"] = ov_synth.synthesize(vols, batch_size=batches[0])
+        times["openvino"] = report.figure(f"onnxruntime OpenVINO EP window batch {batches[0]}",
+                                          time.perf_counter() - t, "s")
     t = time.perf_counter()
     outs["torch"] = ref_synth.synthesize(vols, batch_size=args.torch_batch)
     times["torch"] = report.figure(f"torch eager window batch {args.torch_batch}", time.perf_counter() - t, "s")
@@ -119,6 +131,11 @@ def main() -> int:
     report.figure("max |ORT - torch| over the volume", diff, "z")
     best = min(v for k, v in times.items() if k.startswith("ort"))
     report.ratio("torch eager / onnxruntime (whole volume)", times["torch"] / best, goal=2)
+    if "openvino" in times:
+        report.figure("max |OpenVINO EP - torch| over the volume",
+                      max(float(np.abs(outs["openvino"][c] - outs["torch"][c]).max()) for c in outs["torch"]), "z")
+        report.ratio("torch eager / onnxruntime OpenVINO EP (whole volume)", times["torch"] / times["openvino"],
+                     goal=2, note="onnxruntime-openvino build (cclray[runtime-openvino])")
     if args.device == "cpu":  # what `cclray evaluate` runs: the same model in channels_last_3d
         model.to(memory_format=torch.channels_last_3d)
         t = time.perf_counter()

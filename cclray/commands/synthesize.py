@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subject", help="one BraTS subject folder (2021 or 2023 naming)")
     parser.add_argument("--cohort", help="folder of BraTS subject folders")
     parser.add_argument("--out", required=True, help="output folder (<sid>-t1n-synth.nii.gz, ... written there)")
-    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"],
-                        help="onnxruntime execution provider (auto: TensorRT, CUDA, then CPU)")
+    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt", "openvino"],
+                        help="onnxruntime execution provider (auto: TensorRT, CUDA, OpenVINO, then CPU: "
+                             "the first this onnxruntime build has)")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: card's)")
     parser.add_argument("--batch", type=int, default=None, help="windows per onnxruntime call")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")

@@ -95,7 +95,11 @@ def test_cli_in_a_process_without_torch(model_path, tmp_path):
                            "--cohort", str(cohort), "--out", str(out), "--batch", "2"],
                           env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "CPUExecutionProvider" in proc.stdout
+    import onnxruntime as ort
+
+    auto = "OpenVINOExecutionProvider" if "OpenVINOExecutionProvider" in ort.get_available_providers() \
+        else "CPUExecutionProvider"  # auto: the onnxruntime-openvino build takes OpenVINO (no GPU here)
+    assert f"on {auto}" in proc.stdout
     for sid, (naming, vols) in subjects.items():
         ref = torch_reference(model_path, vols)
         for target in ("t1w", "t2w"):
@@ -219,3 +223,22 @@ def test_load_inputs_reports_mismatch_with_file_names(tmp_path):
     nib.save(nib.Nifti1Image(vols["flair"][:-1], AFFINE), str(b))
     with pytest.raises(InputError, match=r"b-t2f\.nii\.gz \(flair\) has shape .*/a-t1c\.nii\.gz"):
         load_inputs({"t1c": a, "flair": b})
+
+
+def test_provider_chains():
+    """auto takes the accelerated providers this build has, in order; a named one that is missing says
+    which package brings it."""
+    from export.runtime import _resolve_providers
+
+    cpu, ov, cuda = "CPUExecutionProvider", "OpenVINOExecutionProvider", "CUDAExecutionProvider"
+    assert _resolve_providers("auto", [cpu]) == [cpu]
+    assert _resolve_providers("auto", [ov, cpu]) == [ov, cpu]
+    assert _resolve_providers("auto", [cuda, ov, cpu]) == [cuda, ov, cpu]
+    assert _resolve_providers("openvino", [ov, cpu]) == [ov, cpu]
+    assert _resolve_providers("cpu", [cuda, cpu]) == [cpu]
+    with pytest.raises(RuntimeSetupError, match=r"onnxruntime-openvino.*cclray\[runtime-openvino\]"):
+        _resolve_providers("openvino", [cpu])
+    with pytest.raises(RuntimeSetupError, match=r"onnxruntime-gpu"):
+        _resolve_providers("cuda", [cpu])
+    with pytest.raises(RuntimeSetupError, match="unknown provider 'rocm'"):
+        _resolve_providers("rocm", [cpu])
