@@ -141,7 +141,9 @@ def main() -> int:
         report.ratio("torch eager / onnxruntime OpenVINO EP (whole volume)", times["torch"] / times["openvino"],
                      goal=2, note="onnxruntime-openvino build (cclray[runtime-openvino])")
     if args.device == "cpu":  # what `cclray evaluate` runs: the same model in channels_last_3d
-        model.to(memory_format=torch.channels_last_3d)
+        from cclray.models import to_channels_last
+
+        to_channels_last(model)
         t = time.perf_counter()
         ref_synth.synthesize(vols, batch_size=args.torch_batch)
         cl = report.figure(f"torch eager channels_last_3d window batch {args.torch_batch}",

@@ -72,14 +72,9 @@ class PrepConfig(FrozenConfig):
         unknown = set(self.layout) - set(Layout().to_dict())
         require(not unknown, f"PrepConfig.layout: unknown key(s) {sorted(unknown)}; valid: chunk, dtype, codec")
         try:
-            lay = Layout(**self.layout)
-            lay.compressors()
+            Layout(**self.layout).compressors()  # Layout checks chunk and dtype, compressors() the codec
         except (TypeError, ValueError) as e:
             raise ConfigError(f"PrepConfig.layout: {e}") from e
-        require(isinstance(lay.chunk, int) and 8 <= lay.chunk <= 256,
-                f"PrepConfig.layout.chunk={lay.chunk!r}: use an integer edge in [8, 256] (default 32)")
-        require(lay.dtype in ("float16", "float32"),
-                f"PrepConfig.layout.dtype={lay.dtype!r}: use 'float16' or 'float32'")
 
     def constraint_specs(self) -> list:
         if not self.constraints:

@@ -28,6 +28,12 @@ class Layout:
     dtype: str = "float16"  # normalized z-scores: float16 keeps ~3 significant digits
     codec: str = "blosc-lz4"  # or "none"
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.chunk, int) and 8 <= self.chunk <= 256):
+            raise ValueError(f"chunk={self.chunk!r}: use an integer edge in [8, 256] (default 32)")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype={self.dtype!r}: use 'float16' or 'float32'")
+
     def compressors(self):
         if self.codec == "none":
             return None
