@@ -30,6 +30,7 @@ from . import preprocess
 from .config import ConfigError, FrozenConfig, require
 from .discover import SubjectError, SubjectFiles, find_subjects
 from .nifti import load_subject
+from .resample import needs_resampling, resample_subject, subject_spacing, zooms
 from .schema import CONTRASTS, channel_index
 from .splits import PAPER_SPLITS, check_sizes, make_splits
 
@@ -54,9 +55,18 @@ class PrepConfig(FrozenConfig):
     splits: dict = field(default_factory=lambda: dict(PAPER_SPLITS))  # subject counts, see splits.py
     seed: int = 0  # of the splits
     layout: dict = field(default_factory=_default_layout)  # store.Layout: chunk, dtype, codec
+    # mm of the stored grid (isotropic); None = each source's own grid (BraTS: 1 mm). See data_prep.resample.
+    spacing: float | None = None
 
     def validate(self) -> None:
         require(self.margin >= 0, f"PrepConfig.margin={self.margin}: use a margin >= 0 voxels")
+        if self.spacing is not None:
+            from .resample import check_spacing
+
+            try:
+                check_spacing(self.spacing, "PrepConfig.spacing")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         lo, hi = self.percentiles
         require(0 <= lo < hi <= 100, f"PrepConfig.percentiles={self.percentiles}: need 0 <= LO < HI <= 100")
         try:
@@ -106,16 +116,25 @@ def prepare_subject(files: SubjectFiles, config: PrepConfig) -> PreparedSubject:
     """Load, validate and preprocess one subject (no store I/O); raise :class:`SubjectError`."""
     t0 = time.perf_counter()
     loaded = load_subject(files)
-    full_mask = preprocess.brain_mask(loaded.volumes)
+    volumes, seg_full, grid_affine = loaded.volumes, loaded.seg, loaded.affine
+    if needs_resampling(loaded.affine, config.spacing):
+        r = resample_subject(loaded.volumes, loaded.affine, config.spacing, loaded.seg)
+        volumes, seg_full, grid_affine, full_mask = r.volumes, r.seg, r.grid.affine, r.mask
+        if not full_mask.any():
+            raise SubjectError(f"{files.paths['t1w']}: no brain voxel left after resampling to "
+                               f"{config.spacing:g} mm; use a finer --spacing", sid=files.sid,
+                               file=files.paths["t1w"])
+    else:
+        full_mask = preprocess.brain_mask(volumes)
     box = preprocess.crop_box(full_mask, config.margin)
-    raw = np.ascontiguousarray(preprocess.crop(loaded.volumes, box))  # (4, X, Y, Z) float32
+    raw = np.ascontiguousarray(preprocess.crop(volumes, box))  # (4, X, Y, Z) float32
     mask = np.ascontiguousarray(preprocess.crop(full_mask, box))
     image = np.empty_like(raw)
     norm = {}
     for i, c in enumerate(CONTRASTS):
         image[i], stats = preprocess.normalize(raw[i], mask, config.percentiles)
         norm[c] = stats.to_dict()
-    seg = None if loaded.seg is None else np.ascontiguousarray(preprocess.crop(loaded.seg, box))
+    seg = None if seg_full is None else np.ascontiguousarray(preprocess.crop(seg_full, box))
     constraints = {}
     specs = config.constraint_specs()
     if specs:
@@ -130,9 +149,12 @@ def prepare_subject(files: SubjectFiles, config: PrepConfig) -> PreparedSubject:
             raise RuntimeError(f"constraint_map returned {labels.shape}, expected {mask.shape}")
         constraints[spec.name] = labels.astype(np.uint8, copy=False)
     attrs = {
-        "affine": loaded.affine.tolist(),
+        "affine": loaded.affine.tolist(),  # of the SOURCE grid: outputs are written back onto it
         "source_shape": list(loaded.volumes.shape[1:]),
-        "crop": [list(b) for b in box],
+        "spacing": [round(float(z), 6) for z in zooms(grid_affine)],  # mm of the stored grid
+        "grid_affine": np.asarray(grid_affine).tolist(),  # the stored grid before cropping
+        "grid_shape": list(volumes.shape[1:]),
+        "crop": [list(b) for b in box],  # on the stored grid
         "norm": norm,
         "header": loaded.header,
         "source_files": files.source_files(),
@@ -256,7 +278,9 @@ def finalize(plan: PrepPlan, results: list[dict]) -> PrepReport:
     store, config = plan.store, plan.config
     failed = plan.failed + [{k: r[k] for k in ("sid", "file", "error")} for r in results if not r["ok"]]
     complete = sorted(sid for sid in store.root["subjects"].group_keys() if store.is_complete(sid))
-    norms = {sid: store.subject_attrs(sid).get("norm") for sid in complete}
+    attrs = {sid: store.subject_attrs(sid) for sid in complete}
+    norms = {sid: a.get("norm") for sid, a in attrs.items()}
+    spacings = {tuple(subject_spacing(a)) for a in attrs.values()}
     splits, splits_error = {}, None
     try:
         splits = make_splits(complete, config.splits, config.seed)
@@ -268,6 +292,7 @@ def finalize(plan: PrepPlan, results: list[dict]) -> PrepReport:
     ).encode()).hexdigest()[:16]
     store.update_attrs(
         subjects=complete, splits=splits, failed=failed, fingerprint=fingerprint,
+        spacing=list(spacings.pop()) if len(spacings) == 1 else None,  # None: the subjects' grids differ
         # merge: maps added later with add_constraint (e.g. by Tune trials) stay recorded
         constraints={**(store.attrs.get("constraints") or {}),
                      **{s.name: s.to_dict() for s in config.constraint_specs()}},

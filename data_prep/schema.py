@@ -6,15 +6,20 @@ Store layout (Zarr v3, schema version ``SCHEMA_VERSION``)::
 
     STORE/                         root group
       attrs: schema_version, channels, prep_config, subjects, splits, failed,
-             fingerprint, constraints {name: {contrasts, k, seed, ...}}, layout {chunks, dtype, codec}
+             fingerprint, constraints {name: {contrasts, k, seed, ...}}, layout {chunks, dtype, codec},
+             spacing [sx, sy, sz] mm of the stored grid when every subject shares it (else null)
       subjects/<sid>/              one group a subject
         image      (4, X, Y, Z)  float, normalized, channel order = root attrs "channels"
         mask       (X, Y, Z)     uint8, 1 inside the brain
         seg        (X, Y, Z)     uint8, BraTS labels 0/1/2/4 (only when the source has seg)
         constraint/<name> (X, Y, Z) uint8, cluster labels 1..K inside the brain, 0 outside
-        attrs: complete (written last), affine (4x4 of the source), source_shape, crop
-               [[x0, x1], [y0, y1], [z0, z1]], norm {contrast: {p_lo, p_hi, mean, std}},
+        attrs: complete (written last), affine (4x4 of the source), source_shape, spacing [sx, sy, sz]
+               (mm of the stored grid), grid_affine / grid_shape (the stored grid before cropping: the
+               source grid, or its `prep --spacing` resampling, see data_prep.resample), crop
+               [[x0, x1], [y0, y1], [z0, z1]] (on the stored grid), norm {contrast: {p_lo, p_hi, mean, std}},
                header {pixdim, qform_code, sform_code, xyzt_units}, source_files, naming
+               (stores written before `--spacing` lack spacing/grid_*: the source grid is the stored grid,
+               data_prep.resample.subject_spacing reads either)
 
 Axes are the NIfTI array axes (i, j, k) as nibabel loads them, cropped; no reorientation, so the
 source affine plus the crop offset gives each voxel's world position.

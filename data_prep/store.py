@@ -86,6 +86,8 @@ class Store:
         url = local_path(url)
         root = zarr.open_group(store=url, mode="a", zarr_format=3, storage_options=storage_options)
         existing = root.attrs.get("prep_config")
+        if existing is not None:  # a key added to PrepConfig since, left at its default None, is no difference
+            existing = {**{k: None for k, v in _jsonable(prep_config).items() if v is None}, **existing}
         if existing is not None and existing != _jsonable(prep_config):
             raise StoreError(
                 f"{url} was prepared with another config; use a new --out or delete the store "

@@ -159,7 +159,8 @@ def write_summary(summary: dict, out_dir: str | Path, split: str | None = None,
 def write_synth_nifti(volume: np.ndarray, attrs: dict, path: str | Path) -> Path:
     """Put a cropped ``(X, Y, Z)`` volume back on the source grid with the source affine; float32 NIfTI.
 
-    ``attrs`` are the subject's store attrs (``affine``, ``crop``, ``source_shape``, optional ``header``).
+    ``attrs`` are the subject's store attrs (``affine``, ``crop``, ``source_shape``, optional ``header``;
+    ``grid_affine``/``grid_shape`` of a store prepared with ``--spacing``: resampled back to the source).
     """
     import nibabel as nib
 
@@ -168,8 +169,12 @@ def write_synth_nifti(volume: np.ndarray, attrs: dict, path: str | Path) -> Path
     missing = [k for k in ("affine", "crop", "source_shape") if k not in attrs]
     if missing:
         raise KeyError(f"subject attrs lack {missing}: re-create the store with `cclray prep` to save NIfTI")
-    full = uncrop(np.asarray(volume, np.float32), attrs["crop"], attrs["source_shape"])
     affine = np.asarray(attrs["affine"], dtype=np.float64)
+    full = uncrop(np.asarray(volume, np.float32), attrs["crop"], attrs.get("grid_shape") or attrs["source_shape"])
+    if attrs.get("grid_affine") is not None and list(full.shape) != list(attrs["source_shape"]):
+        from data_prep.resample import to_grid  # stored at `prep --spacing`: back onto the source grid
+
+        full = to_grid(full, attrs["grid_affine"], attrs["source_shape"], affine, mask=full != 0)
     img = nib.Nifti1Image(full, affine)
     header = attrs.get("header") or {}
     img.set_qform(affine, code=int(header.get("qform_code", 1) or 1))
