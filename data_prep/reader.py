@@ -13,26 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from urllib.parse import urlparse
-
 import numpy as np
+
+from .objstore import tensorstore_kvstore
 
 log = logging.getLogger(__name__)
 
-_TS_PROTOCOLS = {"": "file", "file": "file", "gs": "gcs", "gcs": "gcs", "s3": "s3"}
-
-
 def kvstore_spec(url: str) -> dict | None:
-    """tensorstore kvstore spec of a store URL/path, or None when tensorstore cannot open it."""
-    parsed = urlparse(str(url))
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else ""  # "C:\\..." is a path, not a scheme
-    driver = _TS_PROTOCOLS.get(scheme)
-    if driver is None:
-        return None
-    if driver == "file":
-        path = parsed.path if scheme else str(url)
-        return {"driver": "file", "path": os.path.abspath(os.path.expanduser(path)).rstrip("/") + "/"}
-    return {"driver": driver, "bucket": parsed.netloc, "path": parsed.path.strip("/") + "/"}
+    """tensorstore kvstore spec of a store URL/path (S3 endpoint, region and credentials from the
+    environment: :func:`data_prep.objstore.tensorstore_kvstore`), or None when tensorstore cannot open it."""
+    return tensorstore_kvstore(url)
 
 
 class PatchReader:

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from . import objstore
 from .schema import CONTRASTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 def local_path(url: str) -> str:
-    """``file:///x`` -> ``/x`` (zarr then uses its LocalStore, which creates folders); other URLs unchanged."""
-    url = str(url)
-    return url[len("file://"):] if url.startswith("file://") else url
+    """``file:///x`` -> ``/x`` (zarr then uses its LocalStore, which creates folders); other URLs unchanged.
+    Refuses ``s3:/bucket/x`` (a URL that lost a slash), which would become a local folder ``s3:``."""
+    return objstore.local_path(objstore.check_location(url, flag="store"))
+
+
+def _options(url: str, storage_options: dict | None) -> dict | None:
+    """The caller's fsspec options, else those of the environment (:mod:`data_prep.objstore`)."""
+    return storage_options if storage_options is not None else objstore.fsspec_options(url)
 
 
 class StoreError(RuntimeError):
@@ -67,7 +73,7 @@ class Store:
         self.storage_options = storage_options
         try:
             self.root = zarr.open_group(store=self.url, mode=mode, zarr_format=3,
-                                        storage_options=storage_options)
+                                        storage_options=_options(self.url, storage_options))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise StoreError(f"no cclray store at {self.url}: create it with `cclray prep SRC --out {self.url}`") from e
         version = self.root.attrs.get("schema_version")
@@ -84,7 +90,7 @@ class Store:
         """Create (or reopen, when it holds the same prep config) the store at ``url``."""
         layout = layout or Layout()
         url = local_path(url)
-        root = zarr.open_group(store=url, mode="a", zarr_format=3, storage_options=storage_options)
+        root = zarr.open_group(store=url, mode="a", zarr_format=3, storage_options=_options(url, storage_options))
         existing = root.attrs.get("prep_config")
         if existing is not None:  # a key added to PrepConfig since, left at its default None, is no difference
             existing = {**{k: None for k, v in _jsonable(prep_config).items() if v is None}, **existing}

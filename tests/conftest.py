@@ -1,8 +1,14 @@
-"""Shared fixtures: one Ray instance per test session, and a tiny cclray store."""
+"""Shared fixtures: one Ray instance per test session, a tiny cclray store, a local S3 API server."""
 from __future__ import annotations
+
+import os
+import sys
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from s3server import S3Server  # noqa: E402
 
 TINY_SPLITS = {"pretrain": 4, "finetune": 2, "val": 1, "test": 1}
 
@@ -47,8 +53,23 @@ def tiny_store(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """``ray.init(num_cpus=2)`` once per session (a Ray start costs ~5 s), shut down at the end."""
+def s3_server():
+    """A local S3 API server (moto, 127.0.0.1, free port) for the session; ``AWS_ENDPOINT_URL`` and
+    test credentials are in ``os.environ`` while it runs (see tests/s3server.py)."""
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh empty bucket on the session's S3 server: ``s3://<name>``."""
+    return s3_server.bucket()
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """``ray.init(num_cpus=2)`` once per session (a Ray start costs ~5 s), shut down at the end.
+    Started after the S3 server so its workers inherit the S3 environment."""
     import ray
 
     started = not ray.is_initialized()

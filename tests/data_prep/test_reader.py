@@ -88,11 +88,13 @@ def test_pickles_without_handles(tmp_path):
     ("/data/s.zarr", {"driver": "file", "path": "/data/s.zarr/"}),
     ("file:///data/s.zarr", {"driver": "file", "path": "/data/s.zarr/"}),
     ("gs://bucket/a/s.zarr", {"driver": "gcs", "bucket": "bucket", "path": "a/s.zarr/"}),
-    ("s3://bucket/s.zarr/", {"driver": "s3", "bucket": "bucket", "path": "s.zarr/"}),
+    ("s3://bucket/s.zarr/", {"driver": "s3", "bucket": "bucket", "path": "s.zarr/", "aws_region": "us-east-1"}),
     ("memory://x/s.zarr", None),
     ("http://host/s.zarr", None),
 ])
-def test_kvstore_spec(url, spec):
+def test_kvstore_spec(url, spec, monkeypatch):
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(var, raising=False)
     assert kvstore_spec(url) == spec
 
 
