@@ -6,10 +6,13 @@
 ``stage`` and ``format``. Both files are written atomically (temporary file + ``os.replace``), the
 checkpoint first: a directory whose ``meta.json`` exists has a complete ``checkpoint.pt`` unless the
 file was damaged later, which :func:`load_checkpoint` and :func:`is_complete` detect (size recorded
-in ``meta.json``; a truncated zip archive is refused).
+in ``meta.json``; a truncated zip archive is refused). The reading side takes local paths and
+object-storage URLs alike (:func:`data_prep.objstore.location`); on object storage, where each object
+is published whole, ``meta.json`` with the recorded size is the marker of a complete checkpoint.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -23,6 +26,7 @@ import numpy as np
 import torch
 
 from data_prep.config import FrozenConfig
+from data_prep.objstore import is_local, location
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +106,8 @@ def save_checkpoint(directory: str | os.PathLike, state: dict, config: FrozenCon
 
 # ---------------------------------------------------------------------------------------- read
 def checkpoint_file(path_or_dir: str | os.PathLike) -> Path:
-    """``X/checkpoint.pt`` for a directory ``X``, the path itself for a file."""
-    p = Path(path_or_dir)
+    """``X/checkpoint.pt`` for a directory ``X``, the path itself for a file (local or a URL)."""
+    p = location(path_or_dir)
     return p / CKPT_FILE if p.is_dir() else p
 
 
@@ -124,7 +128,8 @@ def is_complete(path_or_dir: str | os.PathLike) -> bool:
         return False
     if "bytes" in meta and f.stat().st_size != meta["bytes"]:
         return False
-    return zipfile.is_zipfile(f)
+    with f.open("rb") as fh:  # reads the zip's end record only (a ranged read on object storage)
+        return zipfile.is_zipfile(fh)
 
 
 def load_checkpoint(path_or_dir: str | os.PathLike, stage: str | None = None,
@@ -146,7 +151,8 @@ def load_checkpoint(path_or_dir: str | os.PathLike, stage: str | None = None,
             f"writing; delete {f.parent} and use an earlier checkpoint (cclray.runs.find_checkpoint skips "
             f"damaged ones) or resume the run")
     try:
-        ckpt = torch.load(f, map_location=map_location, weights_only=True)
+        source = f if is_local(f) else io.BytesIO(f.read_bytes())
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as e:  # zip/pickle errors of a damaged file come in many types
         if "Weights only load failed" in str(e):  # an intact file holding pickled Python objects
             raise CheckpointError(

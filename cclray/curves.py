@@ -32,7 +32,9 @@ def read_curves(run_dir: str | os.PathLike) -> dict:
     each series is a list of ``(epoch, value)`` with empty cells left out."""
     from cclray.runs import CONFIG_FILE, METRICS_FILE, MetricsLog
 
-    run = Path(run_dir)
+    from data_prep.objstore import location
+
+    run = location(run_dir)
     if not (run / METRICS_FILE).is_file():
         raise FileNotFoundError(f"{run / METRICS_FILE} not found: {run} is not a cclray run directory "
                                 f"or it has not finished an epoch yet")
@@ -59,7 +61,9 @@ def plot_curves(run_dirs: list, labels: list | None, out_png: str | os.PathLike)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    run_dirs = [Path(r) for r in run_dirs]
+    from data_prep.objstore import location
+
+    run_dirs = [location(r) for r in run_dirs]
     labels = list(labels) if labels is not None else [r.name for r in run_dirs]
     if len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs: give one label per run")

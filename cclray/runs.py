@@ -8,10 +8,17 @@ Layout (the same under Ray Train, whose ``storage_path/name`` is the run, and wi
     RUN/checkpoint_manager_snapshot.json, ...   Ray's own bookkeeping (Ray runs only)
 
 Only the ``keep_checkpoints`` best (by ``score``, lower is better) plus the latest survive.
+
+``RUN`` is a local folder or an object-storage URL (``s3://bucket/runs/x``): every function here goes
+through :func:`data_prep.objstore.location` (``pathlib.Path`` or ``upath.UPath`` over fsspec), so
+resuming, finding and pruning checkpoints read a bucket the way they read a folder. Object stores have
+no rename: a checkpoint counts as written once its ``meta.json`` (uploaded last, recording the size of
+``checkpoint.pt``) and a ``checkpoint.pt`` of that size are both there (:func:`cclray.checkpoint.is_complete`).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -19,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from cclray.checkpoint import CKPT_FILE, META_FILE, CheckpointError, is_complete, read_meta
+from data_prep.objstore import is_local, location, remove_tree, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +44,10 @@ def checkpoint_name(epoch: int, step: int) -> str:
 
 # ---------------------------------------------------------------------------------------- config
 def write_run_config(run_dir: str | os.PathLike, stage: str, config) -> Path:
-    """Write ``RUN/config.json`` (stage + the stage config as plain JSON)."""
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / CONFIG_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"stage": stage, "config": config.to_dict()}, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    """Write ``RUN/config.json`` (stage + the stage config as plain JSON), atomically."""
+    path = location(run_dir) / CONFIG_FILE
+    text = json.dumps({"stage": stage, "config": config.to_dict()}, indent=1, sort_keys=True)
+    write_bytes_atomic(path, text.encode())
     return path
 
 
@@ -50,7 +55,7 @@ def read_run_config(run_dir: str | os.PathLike):
     """``(stage, typed config)`` of a run directory."""
     from cclray.stage_config import stage_config
 
-    path = Path(run_dir) / CONFIG_FILE
+    path = location(run_dir) / CONFIG_FILE
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -61,39 +66,44 @@ def read_run_config(run_dir: str | os.PathLike):
 
 # ---------------------------------------------------------------------------------------- metrics
 class MetricsLog:
-    """``RUN/metrics.csv``: appended one row an epoch; rows after a resumed epoch are dropped first."""
+    """``RUN/metrics.csv``: one row an epoch; rows after a resumed epoch are dropped first. Each change
+    rewrites the (small) file atomically: object stores cannot append, and a reader never sees half a row."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        self.path = Path(run_dir) / METRICS_FILE
+        self.path = location(run_dir) / METRICS_FILE
 
     def rows(self) -> list[dict]:
-        if not self.path.is_file():
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
             return []
-        with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+
+    def _write(self, rows: list[dict]) -> None:
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+        write_bytes_atomic(self.path, buf.getvalue().encode())
 
     def append(self, row: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file()
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+        self._write([*self.rows(), row])
 
     def truncate(self, after_epoch: int) -> None:
         """Keep only rows of epochs <= ``after_epoch`` (0 = remove the file)."""
         keep = [r for r in self.rows() if int(r["epoch"]) <= after_epoch]
-        self.path.unlink(missing_ok=True)
-        for r in keep:
-            self.append(r)
+        if keep:
+            self._write(keep)
+        elif self.path.exists():
+            self.path.unlink()
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
 def checkpoint_dirs(run_dir: str | os.PathLike, complete_only: bool = True) -> list[Path]:
     """Checkpoint directories of a run, oldest first (by step, then epoch); damaged ones skipped
     (with a warning) unless ``complete_only`` is False."""
-    run = Path(run_dir)
+    run = location(run_dir)
     found = []
     for d in run.glob(f"{CKPT_PREFIX}*"):
         if not d.is_dir():
@@ -112,7 +122,7 @@ def find_checkpoint(run_or_ckpt: str | os.PathLike, which: str = "latest") -> Pa
     no checkpoint has a score) intact checkpoint. Raises :class:`CheckpointError` with the fix."""
     if which not in ("latest", "best"):
         raise ValueError(f"which={which!r}: use 'latest' or 'best'")
-    p = Path(run_or_ckpt)
+    p = location(run_or_ckpt)
     if p.is_file() and p.name == CKPT_FILE:
         return p.parent
     if (p / CKPT_FILE).is_file():
@@ -142,12 +152,22 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
                                          float(read_meta(d).get("score") or 0.0), -dirs.index(d)))
     doomed = [d for d in ranked[keep:] if d != latest]
     for d in doomed:
-        shutil.rmtree(d, ignore_errors=True)
+        remove_tree(d)
     return doomed
 
 
 def install_checkpoint(src_dir: str | os.PathLike, run_dir: str | os.PathLike, name: str) -> Path:
-    """Move a written checkpoint directory into ``RUN/name`` atomically (rename; copy across devices)."""
+    """Move a written checkpoint directory into ``RUN/name`` atomically: a local run by rename (copy
+    across devices); a run on object storage by uploading every file, ``meta.json`` last, so that a
+    killed upload leaves a checkpoint :func:`~cclray.checkpoint.is_complete` refuses."""
+    run = location(run_dir)
+    if not is_local(run):
+        dest = run / name
+        remove_tree(dest)
+        files = sorted(Path(src_dir).iterdir(), key=lambda f: (f.name == META_FILE, f.name))
+        for f in files:
+            (dest / f.name).write_bytes(f.read_bytes())
+        return dest
     dest = Path(run_dir) / name
     tmp = Path(run_dir) / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -6,13 +6,17 @@
 ``out/checkpoint_e*_s*`` (see :mod:`cclray.runs`). Resuming: Ray restores its checkpoint list from
 ``out`` and ``ray.train.get_checkpoint()`` returns the latest; the latest intact checkpoint found on
 disk is also passed in the loop config, for runs without Ray's snapshot.
+
+``out`` may be an object-storage URL (``s3://bucket/runs/x``): Ray Train then persists to it through
+``storage_filesystem`` (a ``pyarrow.fs.S3FileSystem`` with the environment's endpoint,
+:func:`data_prep.objstore.pyarrow_filesystem`), and the resume logic reads it through
+:func:`data_prep.objstore.location`. No node needs a shared filesystem.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-from pathlib import Path
 
 import ray
 import ray.train
@@ -26,6 +30,7 @@ from cclray.checkpoint import CheckpointError, load_checkpoint, read_meta
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, write_run_config
 from cclray.stage_config import StageConfig, stage_config
+from data_prep.objstore import is_local, location, pyarrow_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,8 @@ class RayContext(TrainContext):
         self.rank, self.world_size = c.get_world_rank(), c.get_world_size()
         self.device = ray.train.torch.get_device()
         self.resume_from = resume_from
-        self.run_dir = Path(run_dir) if run_dir and os.path.isdir(run_dir) else None
+        run = location(run_dir) if run_dir else None  # object storage: every node reaches it
+        self.run_dir = run if run is not None and (not is_local(run) or run.is_dir()) else None
         if run_dir and self.run_dir is None and self.rank == 0:
             log.warning("run dir %s is not visible on this node: metrics.csv is not written "
                         "(use shared storage for multi-node runs)", run_dir)
@@ -118,7 +124,14 @@ def train_loop_per_worker(config: dict) -> None:
     run(cfg, ctx)
 
 
-def _has_run(out: Path) -> bool:
+def run_location(out: str | os.PathLike):
+    """The run folder ``out`` as :func:`~data_prep.objstore.location` gives it: an absolute local
+    ``Path`` or a URL path (refusing ``s3:/x``, which would make a local folder ``s3:``)."""
+    run = location(out)
+    return run.resolve() if is_local(run) else run
+
+
+def _has_run(out) -> bool:
     return (out / RAY_SNAPSHOT).exists() or bool(checkpoint_dirs(out, complete_only=False))
 
 
@@ -136,7 +149,7 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
     cfg = stage_config(stage, cfg)
     cfg = cfg.replace(num_workers=int(num_workers or cfg.num_workers),
                       use_gpu=bool(cfg.use_gpu if use_gpu is None else use_gpu))
-    out = Path(out).expanduser().resolve()
+    out = run_location(out)
     if _has_run(out) and not resume:
         raise RunExistsError(f"{out} already holds a training run: pass --resume (resume=True) to continue "
                              f"it, or choose a new --out")
@@ -169,7 +182,8 @@ def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_f
     worker group that cannot be scheduled (-1 = forever, Ray's default; a Tune trial gives a few so that
     an unschedulable trial fails instead of holding the sweep). Needs a running Ray (``ray.init``).
     """
-    out = Path(out)
+    out = run_location(out)
+    filesystem, path = pyarrow_filesystem(str(out))  # (None, local path) or (S3FileSystem, "bucket/key")
     if resources_per_worker is None:
         cpus = cfg.cpus_per_worker or max(1.0, math.floor(ray.cluster_resources().get("CPU", 1) / cfg.num_workers))
         resources_per_worker = {"CPU": cpus}
@@ -182,7 +196,7 @@ def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_f
                                      resources_per_worker=dict(resources_per_worker),
                                      placement_strategy=placement_strategy),
         run_config=RunConfig(
-            storage_path=str(out.parent), name=out.name,
+            storage_path=path.rsplit("/", 1)[0], name=path.rsplit("/", 1)[1], storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute="score",
                                                checkpoint_score_order="min"),

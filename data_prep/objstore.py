@@ -146,12 +146,12 @@ def pyarrow_filesystem(url: str | os.PathLike):
 
 
 def location(url: str | os.PathLike):
-    """A path-like object for ``url``: ``pathlib.Path`` (absolute) for local paths, else an
+    """A path-like object for ``url``: ``pathlib.Path`` (as given) for local paths, else an
     ``upath.UPath`` with :func:`fsspec_options` (no listings cache). Both offer ``/``, ``name``,
     ``parent``, ``exists``, ``is_dir``, ``iterdir``, ``glob``, ``open``, ``read_text``, ``stat``."""
     text = check_location(url, flag="location")
     if not is_remote(text):
-        return Path(local_path(text)).expanduser().resolve()
+        return Path(local_path(text)).expanduser()
     try:
         from upath import UPath
     except ImportError as e:
@@ -163,7 +163,7 @@ def location(url: str | os.PathLike):
 def write_bytes_atomic(path, data: bytes) -> None:
     """Write ``data`` so that readers see the old content or the new, never a part: local files via a
     temporary file, fsync and rename; objects in one PUT (object stores publish an object whole)."""
-    if isinstance(path, Path) and not hasattr(path, "protocol"):
+    if is_local(path):
         import tempfile
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,3 +179,18 @@ def write_bytes_atomic(path, data: bytes) -> None:
             raise
         return
     path.write_bytes(data)
+
+
+def is_local(path) -> bool:
+    """True for what :func:`location` returns on a local path (a plain ``pathlib.Path``)."""
+    return isinstance(path, Path) and not getattr(path, "protocol", "")
+
+
+def remove_tree(path) -> None:
+    """Delete a folder and everything under it (local or remote); missing is fine."""
+    if is_local(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.fs.rm(path.path, recursive=True)

@@ -99,7 +99,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def read_config_file(path: str | Path, stage: str) -> dict:
     """A stage config dict from JSON ``path``: a plain config, or a run's ``{"stage", "config"}``."""
-    path = Path(path)
+    from data_prep.objstore import location
+
+    path = location(path)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -145,9 +147,10 @@ def _absolute(path: str | None) -> str | None:
 def config_dict(args: argparse.Namespace, stage: str) -> dict:
     """The merged plain config dict the arguments ask for (see the module docstring for precedence)."""
     from cclray.runs import CONFIG_FILE
+    from data_prep.objstore import check_location, location
 
     data: dict = {}
-    run_config = Path(args.out) / CONFIG_FILE
+    run_config = location(check_location(args.out)) / CONFIG_FILE
     if args.resume and run_config.is_file():
         data = read_config_file(run_config, stage)
     if args.config:
@@ -232,7 +235,8 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     """``cclray pretrain|finetune``: build and check the config, train with Ray, print where it went."""
     from cclray.checkpoint import CheckpointError
     from cclray.curves import plot_curves
-    from cclray.train import RunExistsError, fit
+    from cclray.train import RunExistsError, fit, run_location
+    from data_prep.objstore import is_local, location, write_bytes_atomic
     from data_prep.store import StoreError
 
     _show_terminal_logs(bool(getattr(args, "verbose", False)))
@@ -241,9 +245,9 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     try:
         cfg = build_config(args, stage)
         preflight(cfg)
+        out = run_location(args.out)
     except (ConfigError, StoreError, CheckpointError, ValueError) as e:
         return _error(e)
-    out = Path(args.out).expanduser().resolve()
     init = getattr(cfg, "init", "") if stage == "finetune" else ""
     print(f"cclray {stage}: {cfg.num_workers} worker(s){' with GPUs' if cfg.use_gpu else ''}, "
           f"{cfg.epochs} epoch(s) x {cfg.steps_per_epoch} step(s), store {cfg.store}"
@@ -253,12 +257,20 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
         result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
     except RunExistsError as e:
         return _error(e)
-    run_dir = Path(result["run_dir"])
+    run_dir = location(result["run_dir"])
     print(f"\nrun:    {run_dir}\nbest:   {result['best']}\nlatest: {result['latest']}")
     metrics = final_metrics(result, run_dir)
     print("final:  " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
     try:
-        print(f"curves: {plot_curves([run_dir], [run_dir.name], run_dir / 'curves.png')}")
+        if is_local(run_dir):
+            print(f"curves: {plot_curves([run_dir], [run_dir.name], run_dir / 'curves.png')}")
+        else:  # drawn locally, uploaded as one object
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                png = plot_curves([run_dir], [run_dir.name], Path(tmp) / "curves.png")
+                write_bytes_atomic(run_dir / "curves.png", png.read_bytes())
+            print(f"curves: {run_dir / 'curves.png'}")
     except Exception as e:  # a finished training is not failed by its figure
         log.warning("could not draw %s: %s", run_dir / "curves.png", e)
     return 0

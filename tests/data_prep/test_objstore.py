@@ -160,5 +160,8 @@ def test_location_is_pathlike_on_both(tmp_path, s3_bucket):
         assert (base / "a" / "meta.json").read_text() == '{"step": 3}'
         assert [p.name for p in base.iterdir()] == ["a"] and (base / "a").is_dir()
         assert (base / "a" / "meta.json").stat().st_size == 11 and not (base / "b").exists()
-    assert isinstance(objstore.location("rel"), Path) and objstore.location("rel").is_absolute()
+    assert objstore.is_local(objstore.location("rel")) and not objstore.is_local(objstore.location("s3://b/x"))
+    for base in (objstore.location(tmp_path / "run"), objstore.location(f"{s3_bucket}/runs/x")):
+        objstore.remove_tree(base / "a")
+        assert not (base / "a").exists()
     assert str(objstore.location("s3://b/x/")).startswith("s3://b/x")
