@@ -16,8 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t1c", help="T1Gd (contrast-enhanced T1) NIfTI, with --flair")
     parser.add_argument("--flair", help="FLAIR NIfTI, with --t1c")
     parser.add_argument("--subject", help="one BraTS subject folder (2021 or 2023 naming)")
-    parser.add_argument("--cohort", help="folder of BraTS subject folders")
-    parser.add_argument("--out", required=True, help="output folder (<sid>-t1n-synth.nii.gz, ... written there)")
+    parser.add_argument("--cohort", help="folder of BraTS subject folders, or its URL (s3://bucket/cohort)")
+    parser.add_argument("--out", required=True, help="output folder or URL (<sid>-t1n-synth.nii.gz, ... written there)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="with --cohort: spread subjects over a Ray cluster (ADDRESS, e.g. ray://head:10001 "
+                             "or auto; without it RAY_ADDRESS or a local Ray), one onnxruntime session per worker")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="with --ray: workers (default: the cluster's CPUs / --threads)")
     parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda", "tensorrt", "openvino"],
                         help="onnxruntime execution provider (auto: TensorRT, CUDA, OpenVINO, then CPU: "
                              "the first this onnxruntime build has)")
@@ -47,6 +52,50 @@ def _jobs(args, contrasts):
     return [(s.sid, s.naming, s.files) for s in subjects]
 
 
+def _run_cohort(args, synth) -> int:
+    """--cohort with --ray, or with a URL: export.scaleout (per-subject failures reported, outputs atomic)."""
+    import sys
+
+    from tqdm import tqdm
+
+    from export import scaleout
+
+    jobs = scaleout.cohort_jobs(args.cohort, synth.card.inputs)
+    threads = args.threads or (1 if args.ray is not None else None)
+    bar = tqdm(total=len(jobs), desc="subjects", unit="subj")
+
+    def report(r):
+        bar.update(1)
+        if r.ok:
+            bar.write(f"{r.sid}: wrote {', '.join(r.written)} ({r.seconds:.1f} s{', ' + r.node if r.node else ''})")
+        else:
+            bar.write(f"error: {r.sid}: {r.error}", file=sys.stderr)
+
+    if args.ray is None:  # a URL without a cluster: the same per-subject code, in this process
+        results = []
+        for job in jobs:
+            results.append(scaleout.synthesize_subject(synth, job, args.out, args.overlap, args.batch))
+            report(results[-1])
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=args.ray or None, log_to_driver=False)
+        print(f"Ray cluster: {int(ray.cluster_resources().get('CPU', 0))} CPU(s) on "
+              f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+        results = scaleout.run_cohort(args.model, jobs, args.out, workers=args.workers, threads=threads,
+                                      provider=args.provider, overlap=args.overlap, batch_size=args.batch,
+                                      on_result=report)
+    bar.close()
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} subject(s) failed: {', '.join(r.sid for r in failed)} (errors above); "
+              f"the others were written", file=sys.stderr)
+        return 1
+    print(f"{len(jobs)} subject(s) written to {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
@@ -57,14 +106,25 @@ def run(args: argparse.Namespace) -> int:
     from export.card import CardError
     from export.runtime import DEFAULT_BATCH, OnnxSynthesizer, RuntimeSetupError
 
+    from data_prep.objstore import is_remote
+
+    scaled = args.ray is not None or bool(args.cohort and (is_remote(args.cohort) or is_remote(args.out)))
     try:
+        if args.ray is not None and not args.cohort:
+            raise rio.InputError("--ray spreads a --cohort over a cluster: pass --cohort DIR_OR_URL")
         synth = OnnxSynthesizer(args.model, provider=args.provider, threads=args.threads)
         card = synth.card
-        jobs = _jobs(args, card.inputs)
+        jobs = [] if scaled else _jobs(args, card.inputs)
     except (rio.InputError, CardError, RuntimeSetupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model {args.model}: {'+'.join(card.inputs)} -> {'+'.join(card.targets)} on {synth.provider}")
+    if scaled:  # export.scaleout: the same per-subject code in this process or on Ray workers
+        try:
+            return _run_cohort(args, synth)
+        except (rio.InputError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     cohort = len(jobs) > 1 or bool(args.cohort)
     failed = 0
     for sid, naming, files in tqdm(jobs, desc="subjects", unit="subj", disable=not cohort):

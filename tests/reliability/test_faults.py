@@ -1,7 +1,8 @@
 """Faults injected with SIGKILL, and what must survive them (docs/RELIABILITY.md, "Faults").
 
 (1) a Ray Train worker killed mid-run -> ``fit(max_failures=1)`` recovers from the last checkpoint;
-(2) the driver running ``fit`` killed -> ``fit(resume=True)`` continues; (3) ``cclray prep`` killed
+(2) the driver running ``fit`` killed -> ``fit(resume=True)`` continues; (1) and (2) with the run folder
+on disk and in a bucket of the local S3 API server (tests/s3server.py); (3) ``cclray prep`` killed
 while writing a subject -> a rerun completes and equals an uninterrupted run; (4) a checkpoint
 write killed -> the damaged one is reported and the previous one used. (5) a Tune trial that
 raises is tests/tune's. Only processes this test started are killed, by pid.
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from data_prep.objstore import location
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -76,7 +79,14 @@ def _reap_group(proc: subprocess.Popen) -> None:
             pass
 
 
-def _meta_times(run: Path) -> dict:
+def _run_folder(where: str, request, tmp_path):
+    """The run folder of a fault test: a local folder, or a URL in a fresh bucket of the S3 server."""
+    if where == "local":
+        return tmp_path / "run"
+    return f"{request.getfixturevalue('s3_bucket')}/runs/run"
+
+
+def _meta_times(run) -> dict:
     from cclray.checkpoint import read_meta
     from cclray.runs import checkpoint_dirs
 
@@ -189,7 +199,8 @@ def test_checkpoint_write_killed_previous_one_is_used(tmp_path):
 # ------------------------------------------------------------------------------------------ (1) worker killed
 @pytest.mark.ray
 @pytest.mark.slow
-def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store, tmp_path, where, request):
     from cclray.checkpoint import checkpoint_config, load_checkpoint, read_meta
     from cclray.runs import MetricsLog, checkpoint_dirs, find_checkpoint
     from cclray.stage_config import stage_config
@@ -198,7 +209,7 @@ def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store
     epochs, steps = 12, 3  # ~0.1 s an epoch here: long enough to be killed mid-run
     cfg = stage_config("pretrain", {**TINY, "store": tiny_store["url"], "epochs": epochs,
                                     "steps_per_epoch": steps, "num_workers": 2})
-    run = tmp_path / "run"
+    run = _run_folder(where, request, tmp_path)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(fit("pretrain", cfg, run, max_failures=1)))
     thread.start()
@@ -220,22 +231,23 @@ def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store
     assert redone and all(after[n] > killed_at for n in redone)
     rows = MetricsLog(run).rows()
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # each epoch once
-    assert json.loads((run / "config.json").read_text())["config"] == cfg.to_dict()
+    assert json.loads((location(run) / "config.json").read_text())["config"] == cfg.to_dict()
     assert checkpoint_config(load_checkpoint(find_checkpoint(run, "latest"))) == cfg.to_dict()
-    last_before = max(read_meta(run / n)["step"] for n in before)
+    last_before = max(read_meta(location(run) / n)["step"] for n in before)
     print(f"\nworker kill: resumed from step {last_before}; at most {steps} steps (one epoch) lost")
 
 
 # ------------------------------------------------------------------------------------------ (2) driver killed
 @pytest.mark.ray
 @pytest.mark.slow
-def test_driver_killed_fit_resume_continues(ray_session, tiny_store, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_driver_killed_fit_resume_continues(ray_session, tiny_store, tmp_path, where, request):
     from cclray.runs import MetricsLog, checkpoint_dirs
     from cclray.train import RunExistsError, fit
 
     epochs, steps = 5, 3
     cfg = {**TINY, "store": tiny_store["url"], "epochs": epochs, "steps_per_epoch": steps, "num_workers": 1}
-    run = tmp_path / "run"
+    run = _run_folder(where, request, tmp_path)
     job = _script(tmp_path, f"""
         import json, sys, ray
         ray.init(num_cpus=1, include_dashboard=False)
