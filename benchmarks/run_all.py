@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-BENCHES = ("patch_reads", "loader", "runtime", "ray", "prep", "train_step")
+BENCHES = ("patch_reads", "loader", "runtime", "ray", "prep", "train_step", "s3", "cohort")
 TIMEOUT_S = {"smoke": 300, "quick": 900, "full": 3600}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHES = {"patch_reads", "loader", "runtime", "ray", "prep", "train_step"}
+BENCHES = {"patch_reads", "loader", "runtime", "ray", "prep", "train_step", "s3", "cohort"}
 
 
 @pytest.mark.slow  # starts Ray twice (TorchTrainer with 1 and 2 workers) and exports ONNX: minutes under load

@@ -95,7 +95,7 @@ def heavy_modules_after_a_subject(model_bytes, job, out):
     w = scaleout.SynthWorker(model_bytes, "cpu", 1)
     w.synth.synthesize  # noqa
     scaleout.synthesize_subject(w.synth, job, out)
-    return sorted({m.split(".")[0] for m in sys.modules} & {"torch", "zarr", "scipy", "tensorstore"})
+    return sorted({m.split(".")[0] for m in sys.modules} & {"torch", "zarr", "tensorstore"})
 
 
 heavy = ray.get(heavy_modules_after_a_subject.remote(open(model, "rb").read(), jobs[0], out + "-probe"))

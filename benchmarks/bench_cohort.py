@@ -1,0 +1,100 @@
+"""Cohort synthesis on Ray (export.scaleout, `cclray synthesize --cohort ... --ray`): subjects/s with
+2 workers vs 1 on the same cohort, and the actor pool (one onnxruntime session per worker) vs one Ray
+task per subject (a session built per subject).
+
+    python benchmarks/bench_cohort.py [--smoke | --quick]
+
+One local Ray with 2 CPUs; each worker has 1 CPU and 1 onnxruntime thread, so 2 workers use both
+cores (1 worker: one core). The cohort is synthetic BraTS-2023-named NIfTI (T1Gd, FLAIR) written once
+under --work; the model is the default network (or a narrower one for --smoke) exported to ONNX.
+Runs are interleaved (1, 2, tasks, 1, 2, tasks ...) and each figure is the median. On a shared
+machine the 2-worker speed-up is capped by what the other processes leave free: read it with the load.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+from bench_runtime import brain  # noqa: E402
+
+
+def write_cohort(root: Path, n: int, shape) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    from data_prep.schema import NAMINGS
+
+    naming = NAMINGS["brats2023"]
+    for i in range(n):
+        sid = f"BraTS-GLI-{i:05d}-000"
+        folder = root / sid
+        if folder.is_dir():
+            continue
+        folder.mkdir(parents=True)
+        for c, v in brain(shape, seed=i).items():
+            nib.save(nib.Nifti1Image(v, np.eye(4)), str(folder / naming.filename(sid, c)))
+    return root
+
+
+def main() -> int:
+    ap = _common.parser(__doc__)
+    args = ap.parse_args()
+    report = _common.Report("cohort", args)
+    n, shape, patch, widths, repeat = _common.pick(
+        args.size, (4, (48, 48, 40), 32, [8, 16, 32], 1), (6, (128, 128, 96), 64, None, 2),
+        (8, (240, 240, 155), 128, None, 3))
+
+    import logging
+
+    import ray
+    import torch
+
+    from cclray.config import ModelConfig
+    from cclray.models import build_synthesizer
+    from export import scaleout
+    from export.onnx_export import export_onnx
+    from export.runtime import OnnxSynthesizer
+
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    cfg = ModelConfig(**({"widths": tuple(widths)} if widths else {}))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cohort_"))
+    model = tmp / "model.onnx"
+    export_onnx((build_synthesizer(cfg).eval(), cfg, {"patch_size": patch}), model)
+    cohort = write_cohort(Path(args.work) / f"cohort-{'x'.join(map(str, shape))}", n, shape)
+    card = OnnxSynthesizer(model, provider="cpu").card
+    jobs = scaleout.cohort_jobs(str(cohort), card.inputs)
+    report.figure("cohort", len(jobs), "subjects", shape=list(shape), patch=patch)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    setups = {"1 worker (actor)": dict(workers=1, mode="actors"),
+              "2 workers (actors)": dict(workers=2, mode="actors"),
+              "2 workers (tasks)": dict(workers=2, mode="tasks")}
+    times: dict = {k: [] for k in setups}
+    for r in range(repeat):
+        for name, kw in setups.items():
+            out = tmp / f"out-{r}-{name.split()[0]}-{kw['mode']}"
+            t = time.perf_counter()
+            results = scaleout.run_cohort(str(model), jobs, str(out), threads=1, provider="cpu", **kw)
+            times[name].append(time.perf_counter() - t)
+            bad = [x.error for x in results if not x.ok]
+            if bad:
+                raise RuntimeError(f"{name}: {bad}")
+    ray.shutdown()
+    med = {k: _common.median(v) for k, v in times.items()}
+    for name, t in med.items():
+        report.figure(f"cohort {name}", len(jobs) / t, "subjects/s", seconds=round(t, 2), repeat=repeat)
+    report.ratio("cohort synthesis: 2 workers / 1 worker (subjects/s)", med["1 worker (actor)"] / med["2 workers (actors)"],
+                 goal=1.6, note="2 cores: ideal 2.0")
+    report.ratio("cohort synthesis: actor pool / task per subject (subjects/s)",
+                 med["2 workers (tasks)"] / med["2 workers (actors)"], goal=None,
+                 note="> 1: the actor pool (the default) is faster")
+    return report.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
