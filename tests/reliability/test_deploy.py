@@ -43,14 +43,17 @@ def test_kuberay_rayjob_parses_and_its_entrypoint_runs_here():
     workers = cluster["workerGroupSpecs"][0]
     gpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     commands = _cclray_commands(spec["entrypoint"])
-    assert [c[1] for c in commands] == ["pretrain", "finetune"]
+    assert [c[1] for c in commands] == ["pretrain", "finetune", "export", "synthesize"]
     for argv in commands:
-        assert int(argv[argv.index("--workers") + 1]) == workers["replicas"] * gpus  # one worker a GPU
-        assert "--gpus" in argv and argv[argv.index("--out") + 1].startswith("/mnt/runs/")
+        if argv[1] in ("pretrain", "finetune"):
+            assert int(argv[argv.index("--workers") + 1]) == workers["replicas"] * gpus  # one worker a GPU
+            assert "--gpus" in argv and argv[argv.index("--out") + 1].startswith("s3://")  # run folder in the bucket
         _check_flags(argv)
-    mounts = {m["mountPath"] for c in (cluster["headGroupSpec"], workers)
-              for m in c["template"]["spec"]["containers"][0]["volumeMounts"]}
-    assert "/mnt/runs" in mounts  # the shared storage_path on every pod
+    assert "--ray" in commands[-1] and commands[-1][commands[-1].index("--cohort") + 1].startswith("s3://")
+    for group in (cluster["headGroupSpec"], workers):  # no shared filesystem: no PVC, the S3 secret on every pod
+        pod = group["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
+        assert {"secretRef": {"name": "cclray-s3"}} in pod["containers"][0]["envFrom"]
 
 
 def test_ray_up_cluster_yaml_passes_rays_schema_and_its_commands_run_here():
@@ -59,7 +62,7 @@ def test_ray_up_cluster_yaml_passes_rays_schema_and_its_commands_run_here():
     config = yaml.safe_load((DEPLOY / "ray-cluster.yaml").read_text())
     validate_config(prepare_config(config))  # Ray's own validator (raises on an unknown or bad key)
     lines = config["setup_commands"] + config["head_setup_commands"]
-    assert any("cclray[train]" in line and "s3fs" in line for line in lines)
+    assert any("cclray[train]" in line for line in lines) and not any("mount" in line for line in lines)
     commands = [c for line in lines for c in _cclray_commands(line)]
     header = (DEPLOY / "ray-cluster.yaml").read_text().split("cluster_name:")[0]
     commands += _cclray_commands(" ".join(l.lstrip("# ").rstrip("\\") for l in header.splitlines()
