@@ -167,6 +167,17 @@ def _task(model_bytes: bytes, job: SubjectJob, out: str, provider: str, threads:
 
 
 # ------------------------------------------------------------------------------------ the driver
+def connect(address: str | None = None) -> str:
+    """Connect to the Ray cluster at ``address`` (``auto``, ``ray://head:10001``; None: ``RAY_ADDRESS``
+    or a new local Ray) unless this process already is; returns a one-line description of it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or None, log_to_driver=False)
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    return f"Ray cluster: {int(ray.cluster_resources().get('CPU', 0))} CPU(s) on {nodes} node(s)"
+
+
 def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | None = None,
                threads: int = 1, provider: str = "auto", overlap: float | None = None,
                batch_size: int | None = None, mode: str = "actors",

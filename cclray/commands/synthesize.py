@@ -1,4 +1,4 @@
-"""``cclray synthesize``: run an exported ONNX synthesizer on NIfTI inputs. Needs no torch and no Ray.
+"""``cclray synthesize``: run an exported ONNX synthesizer on NIfTI inputs. Needs no torch; Ray only with --ray (export/scaleout.py).
 
 Outputs are float32 NIfTIs on the input grid with the input's affine and header, in the **z-scored
 units of the training targets** (per-subject z-score inside the brain), background 0.
@@ -77,12 +77,7 @@ def _run_cohort(args, synth) -> int:
             results.append(scaleout.synthesize_subject(synth, job, args.out, args.overlap, args.batch))
             report(results[-1])
     else:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=args.ray or None, log_to_driver=False)
-        print(f"Ray cluster: {int(ray.cluster_resources().get('CPU', 0))} CPU(s) on "
-              f"{len([n for n in ray.nodes() if n.get('Alive')])} node(s)")
+        print(scaleout.connect(args.ray or None))
         results = scaleout.run_cohort(args.model, jobs, args.out, workers=args.workers, threads=threads,
                                       provider=args.provider, overlap=args.overlap, batch_size=args.batch,
                                       on_result=report)
