@@ -19,7 +19,6 @@ chunked store even more). The ratios are the point.
 from __future__ import annotations
 
 import gzip
-import io
 import sys
 import tempfile
 import time

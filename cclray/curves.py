@@ -31,7 +31,6 @@ def read_curves(run_dir: str | os.PathLike) -> dict:
     """``{"stage": str, "epoch": [...], "loss": [...], "val_l1": [...], "val_ssim": [...]}`` of a run;
     each series is a list of ``(epoch, value)`` with empty cells left out."""
     from cclray.runs import CONFIG_FILE, METRICS_FILE, MetricsLog
-
     from data_prep.objstore import location
 
     run = location(run_dir)

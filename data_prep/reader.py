@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+
 import numpy as np
 
 from .objstore import tensorstore_kvstore

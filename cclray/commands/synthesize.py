@@ -97,11 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from data_prep.objstore import is_remote
     from export import runtime_io as rio
     from export.card import CardError
     from export.runtime import DEFAULT_BATCH, OnnxSynthesizer, RuntimeSetupError
-
-    from data_prep.objstore import is_remote
 
     scaled = args.ray is not None or bool(args.cohort and (is_remote(args.cohort) or is_remote(args.out)))
     try:

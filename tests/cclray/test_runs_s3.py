@@ -13,8 +13,16 @@ import pytest
 import torch
 
 from cclray.checkpoint import CheckpointError, is_complete, load_checkpoint, read_meta, save_checkpoint
-from cclray.runs import (MetricsLog, checkpoint_dirs, checkpoint_name, find_checkpoint, install_checkpoint,
-                         prune_checkpoints, read_run_config, write_run_config)
+from cclray.runs import (
+    MetricsLog,
+    checkpoint_dirs,
+    checkpoint_name,
+    find_checkpoint,
+    install_checkpoint,
+    prune_checkpoints,
+    read_run_config,
+    write_run_config,
+)
 from cclray.stage_config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]

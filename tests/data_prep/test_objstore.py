@@ -1,13 +1,13 @@
 """Object storage: the environment is the one configuration of every client, and the store, the patch
 reader (tensorstore and zarr), prep and constraint maps work against a real S3 API over HTTP (moto's
 server on 127.0.0.1, see tests/s3server.py)."""
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from brats_files import _stub_map as stub_constraint_map
+from brats_files import write_subject_dir
 
-from brats_files import _stub_map as stub_constraint_map, write_subject_dir
 from data_prep import objstore
 from data_prep.objstore import S3Settings, StorageURLError
 from data_prep.reader import PatchReader

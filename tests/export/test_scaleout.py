@@ -16,9 +16,26 @@ from export import scaleout
 from export.runtime import OnnxSynthesizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_runtime import brain, model_path, write_subject  # noqa: E402,F401  (model_path: a fixture)
+from test_runtime import brain, write_subject  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny synthesizer exported to ONNX: ``(path, torch model)``."""
+    import torch
+
+    from cclray.config import ModelConfig
+    from cclray.models import build_synthesizer
+    from export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(widths=(8, 16, 32), groups=4, proj_stride=2)
+    model = build_synthesizer(cfg).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_onnx((model, cfg, {"patch_size": 32}), path)
+    return path, model
 
 
 def _cohort(root: Path, n_good: int = 3, bad: bool = True) -> Path:
