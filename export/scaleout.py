@@ -3,8 +3,9 @@
 A pool of Ray actors, each holding **one onnxruntime session** (:class:`export.runtime.OnnxSynthesizer`,
 made once per actor from the model bytes the driver puts in Ray's object store, so nodes need no copy
 of the model file), takes one subject at a time; the driver hands the next subject to whichever actor
-finishes first and updates a progress bar. A subject that fails (bad input, a killed actor) is reported
-with its error and the rest go on; a dead actor is replaced. Each actor reads its subject's input files
+finishes first and updates a progress bar. A subject that fails (bad input) is reported with its error
+and the rest go on; a dead actor (killed, out of memory, node lost) is replaced and its subject given
+to another one once more. Each actor reads its subject's input files
 itself (a local or shared folder, or object storage through :func:`data_prep.objstore.location`) and
 writes the outputs itself: locally with :func:`export.runtime_io.write_outputs` (temporary names, then
 rename), on object storage one PUT per output (published whole), after every output was computed.
@@ -180,13 +181,16 @@ def connect(address: str | None = None) -> str:
 
 def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | None = None,
                threads: int = 1, provider: str = "auto", overlap: float | None = None,
-               batch_size: int | None = None, mode: str = "actors",
+               batch_size: int | None = None, mode: str = "actors", worker_retries: int = 1,
                on_result: Callable[[SubjectResult], object] | None = None) -> list[SubjectResult]:
     """Synthesize ``jobs`` on the connected Ray cluster (``ray.init`` first); returns one result each.
 
     ``workers``: actors (default: the cluster's CPUs // ``threads``); each reserves ``threads`` CPUs
     and runs onnxruntime with that many threads. ``mode="tasks"``: one task per subject instead
-    (``workers`` then bounds the tasks in flight). ``on_result`` is called as each subject finishes.
+    (``workers`` then bounds the tasks in flight). A subject whose worker died (killed, out of
+    memory, node lost) is given to a new worker up to ``worker_retries`` more times, then reported as
+    failed; a subject that fails by itself (bad input) is reported at once. ``on_result`` is called as
+    each subject finishes.
     """
     import ray
 
@@ -202,6 +206,7 @@ def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | N
     results: list[SubjectResult] = []
     pending = list(jobs)
     inflight: dict = {}  # object ref -> (job, actor or None)
+    lost: dict = {}  # sid -> workers lost while running it
 
     def finish(res: SubjectResult) -> None:
         results.append(res)
@@ -230,8 +235,14 @@ def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | N
         job, actor = inflight.pop(done[0])
         try:
             finish(SubjectResult(**ray.get(done[0])))
-        except Exception as e:  # the actor/task died (OOM, node lost): the subject fails, a new actor takes over
-            finish(SubjectResult(job.sid, False, error=f"{type(e).__name__}: worker lost ({str(e).splitlines()[0]})"))
+        except Exception as e:  # the actor/task died (OOM, node lost): a new actor takes over
+            lost[job.sid] = lost.get(job.sid, 0) + 1
+            log.warning("worker lost while synthesizing %s (%s)", job.sid, str(e).splitlines()[0])
+            if lost[job.sid] <= worker_retries:
+                pending.insert(0, job)
+            else:
+                finish(SubjectResult(job.sid, False, error=f"{type(e).__name__}: worker lost {lost[job.sid]} "
+                                                           f"time(s) ({str(e).splitlines()[0]})"))
             if actor is not None:
                 ray.kill(actor)
                 actor = new_actor()

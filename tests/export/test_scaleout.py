@@ -1,6 +1,7 @@
 """Scale-out cohort synthesis (export.scaleout, `cclray synthesize --cohort ... --ray`): a failing subject
 is reported and the others written; cohorts and outputs on the S3 server; a 2-node Ray cluster
-(ray.cluster_utils.Cluster, in a subprocess) spreads the subjects over both nodes without torch."""
+(ray.cluster_utils.Cluster, in a subprocess) spreads the subjects over both nodes without torch, and
+a SIGKILLed actor's subject is redone by a new one."""
 import json
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def test_missing_input_file_in_an_s3_cohort_names_it(model_path, s3_server, s3_b
 
 
 CLUSTER = r'''
-import json, sys
+import json, os, signal, sys, threading, time
+import psutil
 import ray
 from ray.cluster_utils import Cluster
 
@@ -104,7 +106,23 @@ ray.init(address=cluster.address, log_to_driver=False)
 cluster.wait_for_nodes()
 card = OnnxSynthesizer(model, provider="cpu").card
 jobs = scaleout.cohort_jobs(cohort, card.inputs)
-results = scaleout.run_cohort(model, jobs, out, workers=2, threads=1, provider="cpu")
+first = threading.Event()
+results = []
+
+
+def run():  # the kill below: one actor SIGKILLed after the first subject is written
+    results.extend(scaleout.run_cohort(model, jobs, out, workers=2, threads=1, provider="cpu",
+                                       on_result=lambda r: first.set() if r.ok else None))
+
+
+thread = threading.Thread(target=run)
+thread.start()
+first.wait(600)
+actors = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("ray::SynthWorker")]
+killed = actors[0].pid if actors else None
+if actors:
+    os.kill(killed, signal.SIGKILL)
+thread.join()
 
 
 @ray.remote(num_cpus=1)
@@ -116,7 +134,7 @@ def heavy_modules_after_a_subject(model_bytes, job, out):
 
 
 heavy = ray.get(heavy_modules_after_a_subject.remote(open(model, "rb").read(), jobs[0], out + "-probe"))
-print(json.dumps({"results": [r.__dict__ for r in results], "heavy": heavy,
+print(json.dumps({"results": [r.__dict__ for r in results], "heavy": heavy, "killed": killed,
                   "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}))
 ray.shutdown()
 cluster.shutdown()
@@ -126,7 +144,7 @@ cluster.shutdown()
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_node_cluster_spreads_the_cohort(model_path, tmp_path):
-    cohort = _cohort(tmp_path / "cohort", n_good=4)
+    cohort = _cohort(tmp_path / "cohort", n_good=6)
     script = tmp_path / "cluster.py"
     script.write_text(textwrap.dedent(CLUSTER))
     proc = subprocess.run([sys.executable, str(script), str(model_path[0]), str(cohort), str(tmp_path / "out"),
@@ -134,10 +152,12 @@ def test_two_node_cluster_spreads_the_cohort(model_path, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = {r["sid"]: r for r in report["results"]}
-    assert len(results) == 5
+    assert len(results) == 7 and len(report["results"]) == 7  # one result a subject, the retried one included
     assert not results["BraTS-GLI-00099-000"]["ok"] and "NaN" in results["BraTS-GLI-00099-000"]["error"]
     good = [r for r in results.values() if r["ok"]]
-    assert len(good) == 4 and all(len(r["written"]) == 2 for r in good)
+    assert report["killed"] is not None  # an actor was SIGKILLed mid-run: its subject went to a new actor
+    assert len(good) == 6 and all(len(r["written"]) == 2 for r in good)
     assert {r["node"] for r in good} == set(report["nodes"]) and len(report["nodes"]) == 2  # both nodes worked
-    assert len(list((tmp_path / "out").iterdir())) == 8 and report["heavy"] == []  # no torch on the workers
-    print(f"\n2-node cohort: {[(r['sid'], r['node'][:8], round(r['seconds'], 2)) for r in good]}")
+    assert len(list((tmp_path / "out").iterdir())) == 12 and report["heavy"] == []  # no torch on the workers
+    print(f"\n2-node cohort, actor {report['killed']} killed: "
+          f"{[(r['sid'], r['node'][:8], round(r['seconds'], 2)) for r in good]}")
