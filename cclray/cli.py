@@ -44,6 +44,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# commands whose --out is a local path (the others also take s3:// and other fsspec URLs)
+LOCAL_OUT = ("phantom", "evaluate", "export", "tune", "demo", "reproduce")
+
+
+def check_out(command: str, out) -> str | None:
+    """The error message for an unusable ``--out`` (a URL that lost a slash, or a URL where the command
+    writes local files), else None: ``Path("s3://b/x")`` would silently make a local folder ``s3:``."""
+    from data_prep.objstore import StorageURLError, check_location, is_remote
+
+    try:
+        check_location(out)
+    except StorageURLError as e:
+        return str(e)
+    if command in LOCAL_OUT and is_remote(out):
+        return (f"--out {out}: `cclray {command}` writes to a local path; pass one and copy the result to "
+                f"object storage afterwards (prep, pretrain, finetune and synthesize write to URLs)")
+    return None
+
+
 def _module(name: str):
     return importlib.import_module(f"cclray.commands.{name}")
 
@@ -57,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 0
+    problem = check_out(args._command, args.out) if getattr(args, "out", None) is not None else None
+    if problem:
+        print(f"cclray {args._command}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return int(_module(args._command).run(args) or 0)
     except KeyboardInterrupt:

@@ -166,3 +166,19 @@ def test_location_is_pathlike_on_both(tmp_path, s3_bucket):
         objstore.remove_tree(base / "a")
         assert not (base / "a").exists()
     assert str(objstore.location("s3://b/x/")).startswith("s3://b/x")
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--store", "s.zarr", "--run", "r", "--out", "s3://b/eval"],
+    ["export", "--run", "r", "--out", "s3://b/model.onnx"],
+    ["phantom", "--out", "s3:/b/cohort", "--n", "1"],
+    ["evaluate", "--store", "s.zarr", "--run", "r", "--out", "gs:/b/eval"],
+])
+def test_local_out_commands_refuse_urls_and_make_no_folder(argv, tmp_path, monkeypatch, capsys):
+    from cclray.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cclray {argv[0]}: error: --out" in err and ("writes to a local path" in err or "one slash" in err)
+    assert list(tmp_path.iterdir()) == []
