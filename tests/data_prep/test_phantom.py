@@ -119,6 +119,32 @@ def test_subjects_differ_and_seed_reproduces(subject):
     assert not np.array_equal(other["seg"], subject["seg"])
 
 
+# sha256 of the four int16 contrasts then the seg of version-1 subjects, taken from the code before
+# version 2 existed (numpy 2.4, scipy 1.17): `--phantom-version 1` must keep making these bytes.
+V1_PINNED = [
+    (4.0, 7, 0, "0eeb2fc6ad13a7d59d475933dec12d43a6eec1dff9b5a39664a52a55764b356f"),
+    (4.0, 7, 1, "dc4ebbcb818150d45a3aa43b92850a4c5d353de299bf864b1ee6320a1d390740"),
+]
+
+
+@pytest.mark.parametrize("spacing, cohort_seed, i, digest", V1_PINNED)
+def test_version_1_is_bit_for_bit_the_old_cohort(spacing, cohort_seed, i, digest):
+    import hashlib
+
+    s = phantom.make_subject("x", phantom.subject_seed(cohort_seed, i), spacing=spacing, version=1)
+    h = hashlib.sha256()
+    for c in CONTRASTS:
+        h.update(s["images"][c].tobytes())
+    h.update(s["seg"].tobytes())
+    assert h.hexdigest() == digest
+
+
+@pytest.mark.parametrize("version", [0, 3, "2", True])
+def test_unknown_version_refused(tmp_path, version):
+    with pytest.raises(ValueError, match="phantom version"):
+        phantom.write_cohort(tmp_path, 1, spacing=4.0, version=version)
+
+
 def test_subject_seed_depends_on_cohort_seed_and_index():
     seeds = {phantom.subject_seed(s, i) for s in range(3) for i in range(5)}
     assert len(seeds) == 15
