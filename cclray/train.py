@@ -30,7 +30,7 @@ from cclray.checkpoint import CheckpointError, load_checkpoint, read_meta
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, write_run_config
 from cclray.stage_config import StageConfig, stage_config
-from data_prep.objstore import is_local, location, pyarrow_filesystem
+from data_prep.objstore import check_bucket, is_local, location, pyarrow_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
     cfg = cfg.replace(num_workers=int(num_workers or cfg.num_workers),
                       use_gpu=bool(cfg.use_gpu if use_gpu is None else use_gpu))
     out = run_location(out)
+    check_bucket(str(out))
     if _has_run(out) and not resume:
         raise RunExistsError(f"{out} already holds a training run: pass --resume (resume=True) to continue "
                              f"it, or choose a new --out")

@@ -85,6 +85,26 @@ def local_path(url: str | os.PathLike) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+def check_bucket(url: str | os.PathLike) -> None:
+    """Before writing to an ``s3://`` URL: raise :class:`StorageURLError` naming the fix when its bucket
+    does not exist or cannot be reached (wrong endpoint, no credentials); other locations pass."""
+    if scheme(url) not in ("s3", "s3a"):
+        return
+    import fsspec
+
+    bucket = urlparse(str(url)).netloc
+    where = S3Settings.from_env().endpoint or "AWS"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **fsspec_options(url))
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)  # one request; unlike exists(), errors are not swallowed
+    except FileNotFoundError as e:
+        raise StorageURLError(f"{url}: bucket {bucket!r} does not exist at {where} (or these credentials "
+                              f"cannot see it): create it first, e.g. `aws s3 mb s3://{bucket}`") from e
+    except Exception as e:  # botocore/aiohttp errors of many kinds: the message carries the cause
+        raise StorageURLError(f"{url}: cannot reach bucket {bucket!r} at {where} ({type(e).__name__}: {e}); "
+                              f"check AWS_ENDPOINT_URL, AWS_REGION and the credentials (docs/CLUSTER.md)") from e
+
+
 # ------------------------------------------------------------------------------------ per client
 def fsspec_options(url: str | os.PathLike, listings_cache: bool = True) -> dict | None:
     """fsspec ``storage_options`` for ``url`` (s3fs: endpoint and region), None for other URLs.

@@ -90,6 +90,8 @@ class Store:
         """Create (or reopen, when it holds the same prep config) the store at ``url``."""
         layout = layout or Layout()
         url = local_path(url)
+        if storage_options is None:
+            objstore.check_bucket(url)  # else a traceback from deep inside s3fs
         root = zarr.open_group(store=url, mode="a", zarr_format=3, storage_options=_options(url, storage_options))
         existing = root.attrs.get("prep_config")
         if existing is not None:  # a key added to PrepConfig since, left at its default None, is no difference

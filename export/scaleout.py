@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from data_prep.objstore import is_local, location, write_bytes_atomic
+from data_prep.objstore import check_bucket, is_local, location, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def cohort_jobs(cohort: str, contrasts) -> list[SubjectJob]:
     is refused up front, naming the file."""
     from export import runtime_io as rio
 
+    check_bucket(cohort)
     if not is_local(location(cohort)):
         from data_prep.schema import safe_subject_id
 

@@ -60,6 +60,9 @@ def _run_cohort(args, synth) -> int:
 
     from export import scaleout
 
+    from data_prep.objstore import check_bucket
+
+    check_bucket(args.out)
     jobs = scaleout.cohort_jobs(args.cohort, synth.card.inputs)
     threads = args.threads or (1 if args.ray is not None else None)
     bar = tqdm(total=len(jobs), desc="subjects", unit="subj")

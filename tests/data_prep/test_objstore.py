@@ -182,3 +182,18 @@ def test_local_out_commands_refuse_urls_and_make_no_folder(argv, tmp_path, monke
     err = capsys.readouterr().err
     assert f"cclray {argv[0]}: error: --out" in err and ("writes to a local path" in err or "one slash" in err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_bucket_or_unreachable_endpoint_says_what_to_fix(tmp_path, s3_server, monkeypatch, capsys):
+    from cclray.cli import main
+
+    write_subject_dir(tmp_path / "src", 1, "brats2021")
+    assert main(["prep", str(tmp_path / "src"), "--out", "s3://no-such-bucket/x.zarr", *PREP]) == 2
+    assert "bucket 'no-such-bucket' does not exist" in capsys.readouterr().err
+    with pytest.raises(StorageURLError, match="does not exist.*aws s3 mb s3://no-such-bucket"):
+        objstore.check_bucket("s3://no-such-bucket/runs/x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(StorageURLError, match="cannot reach bucket 'b' at http://127.0.0.1:9.*AWS_ENDPOINT_URL"):
+        objstore.check_bucket("s3://b/x")
+    objstore.check_bucket("/local/path")  # not a bucket: nothing to check
