@@ -45,7 +45,7 @@ def main() -> int:
     args = ap.parse_args()
     report = _common.Report("cohort", args)
     n, shape, patch, widths, repeat = _common.pick(
-        args.size, (4, (48, 48, 40), 32, [8, 16, 32], 1), (6, (128, 128, 96), 64, None, 2),
+        args.size, (4, (48, 48, 40), 32, [8, 16, 32], 1), (4, (96, 96, 64), 64, None, 1),
         (8, (240, 240, 155), 128, None, 3))
 
     import logging
@@ -81,6 +81,7 @@ def main() -> int:
             t = time.perf_counter()
             results = scaleout.run_cohort(str(model), jobs, str(out), threads=1, provider="cpu", **kw)
             times[name].append(time.perf_counter() - t)
+            print(f"  run {r + 1}/{repeat} {name}: {times[name][-1]:.1f} s (load {_common.loadavg()})", flush=True)
             bad = [x.error for x in results if not x.ok]
             if bad:
                 raise RuntimeError(f"{name}: {bad}")
