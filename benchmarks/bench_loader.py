@@ -23,7 +23,8 @@ from bench_train_step import variants  # noqa: E402  (the plain eager step of th
 
 def loader_rate(store: str, subjects: list[str], patch: int, batch: int, workers: int, samples: int):
     """(start-up s to the first batch, patches/s after it) of one epoch of the finetune loader."""
-    from cclray.data import PatchConfig, PatchDataset, make_loader
+    from cclray.config import PatchConfig
+    from cclray.data import PatchDataset, make_loader
 
     cfg = PatchConfig(patch_size=(patch,) * 3, batch_size=batch, num_workers=workers, samples_per_epoch=samples)
     ds = PatchDataset(store, subjects, cfg, ("t1gd", "flair"), targets=("t1w", "t2w"), seed=0)

@@ -48,10 +48,10 @@ def main() -> int:
            "checkpoint_every": 100, "patch": {"patch_size": [patch] * 3, "batch_size": batch, "num_workers": 0}}
     runs = _common.fresh_dir(Path(args.work) / "ray-runs")
 
+    from cclray.config import FinetuneConfig
     from cclray.engine import LocalContext
     from cclray.engine_finetune import run_finetune
     from cclray.runs import MetricsLog
-    from cclray.stage_config import FinetuneConfig
 
     def direct() -> float:
         torch.set_num_threads(threads)  # what the 1-worker TorchTrainer gives its worker

@@ -81,9 +81,9 @@ def variants(cfg, patch: int, batch: int, device, compile_: bool) -> dict:
 def project_steps_per_s(store: str, cfg, patch: int, batch: int, steps: int, device: str, **over) -> float:
     """Second-epoch steps/s of the project's finetune loop (LocalContext, no validation); ``over``:
     FinetuneConfig overrides."""
+    from cclray.config import FinetuneConfig
     from cclray.engine import LocalContext
     from cclray.engine_finetune import run_finetune
-    from cclray.stage_config import FinetuneConfig
 
     fc = FinetuneConfig.from_dict({
         "store": store, "model": cfg.to_dict(), "val_split": None, "epochs": 2, "steps_per_epoch": steps,

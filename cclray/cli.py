@@ -1,7 +1,8 @@
 """``cclray`` console entry point: a thin argparse front over one module per subcommand.
 
-Each ``cclray/commands/<name>.py`` defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
-and imports heavy modules (torch, ray, zarr) only inside ``run``, so ``cclray --help`` is instant.
+Each ``cclray/commands/<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int`` and
+imports heavy modules (torch, ray, zarr) only inside ``run``; the one-line help of every command is
+:data:`COMMANDS`, so ``cclray --help`` imports no command module and is instant.
 """
 from __future__ import annotations
 

@@ -1,17 +1,59 @@
-"""Typed, frozen configs of the training stages (saved as plain JSON in every checkpoint).
+"""Every training config in one torch-free module, in the order of the ``--set`` key tree.
+
+A stage config (``cclray pretrain|finetune --config F.json --set key=value``) is this tree of keys; the
+nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``loss.*``) and
+:class:`PatchConfig` (``patch.*``), then the stage keys themselves (:class:`StageConfig`, with
+:class:`PretrainConfig` / :class:`FinetuneConfig` adding their own)::
+
+    store, split                       the Zarr store and its training split
+    model.inputs, model.targets, model.widths, model.groups, model.proj_dim, model.proj_stride,
+    model.act, model.down, model.up    the 3D encoder-decoder and its heads
+    loss.n_anchors, loss.top_k, loss.temperature, loss.l1_weight, loss.ssim_weight
+    patch.patch_size, patch.batch_size, patch.fg_fraction, patch.patches_per_volume,
+    patch.region_factor, patch.augment, patch.num_workers, patch.samples_per_epoch
+    epochs, steps_per_epoch, lr, weight_decay, grad_clip, lr_schedule, plateau_factor,
+    plateau_patience, min_lr, amp, cpu_bf16, channels_last, seed, checkpoint_every,
+    keep_checkpoints, num_workers, use_gpu, cpus_per_worker
+    constraint                         (pretrain) the store's constraint map
+    init, val_split, val_every, val_samples    (finetune)
 
 Each stage turns its plain dict (Ray's ``train_loop_config``, a checkpoint's JSON, a Tune trial) into
-one of these at once: a misspelled key is an error naming the close match, not a silent default.
+one of these at once: an unknown key is an error naming the close match (``FrozenConfig``), not a silent
+default. Every checkpoint stores its config as JSON.
+
+The two stages are symmetrical: the same optimisation, checkpoint and scaling keys; pretraining adds the
+constraint-map name, finetuning adds ``init`` (a pretrain run or checkpoint; None = from scratch, the
+baseline) and validation.
+
+Budget: one epoch is ``steps_per_epoch`` optimizer steps on every Ray worker, i.e.
+``steps_per_epoch * patch.batch_size * world_size`` patches; ``patch.samples_per_epoch`` is ignored
+and replaced by that product (:meth:`StageConfig.patch_for`).
+
+Imports no torch: the CLI builds and checks a config before anything heavy is loaded.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from data_prep.config import FrozenConfig, require
-from data_prep.schema import CONTRAST_ALIASES, CONTRASTS
+from data_prep.constraint import DEFAULT_SPEC
+from data_prep.schema import CONTRAST_ALIASES, CONTRASTS, DEFAULT_INPUTS, DEFAULT_TARGETS
+
+DEFAULT_CONSTRAINT = DEFAULT_SPEC.name  # the constraint map `cclray prep` computes by default
+STAGES = ("pretrain", "finetune")
+LR_SCHEDULES = ("plateau", "cosine", "constant")
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested dicts are merged key by key (neither input is changed)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------- model.*
 def _check_contrasts(key: str, names: tuple[str, ...]) -> None:
     require(len(names) >= 1, f"ModelConfig.{key} is empty: name at least one of {list(CONTRASTS)}")
     for n in names:
@@ -32,8 +74,8 @@ class ModelConfig(FrozenConfig):
     ``2 ** (len(widths) - 1)`` and every input spatial size must be a multiple of it.
     """
 
-    inputs: tuple[str, ...] = ("t1gd", "flair")  # canonical contrast names = input channels
-    targets: tuple[str, ...] = ("t1w", "t2w")  # synthesized contrasts = output channels
+    inputs: tuple[str, ...] = DEFAULT_INPUTS  # canonical contrast names = input channels
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # synthesized contrasts = output channels
     widths: tuple[int, ...] = (16, 32, 64, 128, 128)
     groups: int = 8  # GroupNorm groups; must divide every width
     proj_dim: int = 64
@@ -77,6 +119,7 @@ class ModelConfig(FrozenConfig):
                 f"stride {self.stride} (= 2 ** (len(widths) - 1))")
 
 
+# ---------------------------------------------------------------------------------------- loss.*
 @dataclass(frozen=True)
 class LossConfig(FrozenConfig):
     """CCL loss (stage 1) and synthesis loss (stage 2) settings."""
@@ -95,3 +138,167 @@ class LossConfig(FrozenConfig):
                 "LossConfig.l1_weight and ssim_weight must be >= 0")
         require(self.l1_weight + self.ssim_weight > 0,
                 "LossConfig: l1_weight + ssim_weight is 0; give one of them a positive weight")
+
+
+# ---------------------------------------------------------------------------------------- patch.*
+@dataclass(frozen=True)
+class PatchConfig(FrozenConfig):
+    """How patches are sampled and batched."""
+
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 2
+    fg_fraction: float = 0.67  # share of patches centred on a foreground (brain) voxel; rest uniform
+    patches_per_volume: int = 4  # patches cut from one loaded region before moving on
+    region_factor: float = 1.5  # region edge = patch edge x this (when patches_per_volume > 1), capped at the volume
+    augment: bool = True  # random flips (3 axes) + per-channel intensity scale/shift on inputs
+    num_workers: int = 1  # DataLoader workers per training process
+    samples_per_epoch: int = 64
+
+    def validate(self) -> None:
+        require(all(p >= 1 for p in self.patch_size),
+                f"PatchConfig.patch_size={list(self.patch_size)}: every edge must be >= 1")
+        require(self.batch_size >= 1, f"PatchConfig.batch_size={self.batch_size}: must be >= 1")
+        require(0.0 <= self.fg_fraction <= 1.0, f"PatchConfig.fg_fraction={self.fg_fraction}: must be in [0, 1]")
+        require(self.patches_per_volume >= 1,
+                f"PatchConfig.patches_per_volume={self.patches_per_volume}: must be >= 1")
+        require(self.region_factor >= 1.0, f"PatchConfig.region_factor={self.region_factor}: must be >= 1")
+        require(self.num_workers >= 0, f"PatchConfig.num_workers={self.num_workers}: must be >= 0")
+        require(self.samples_per_epoch >= 1,
+                f"PatchConfig.samples_per_epoch={self.samples_per_epoch}: must be >= 1")
+
+
+
+# ---------------------------------------------------------------------------------------- the stages
+@dataclass(frozen=True)
+class StageConfig(FrozenConfig):
+    """Keys shared by both stages (use :class:`PretrainConfig` or :class:`FinetuneConfig`)."""
+
+    store: str = ""  # URL or path of the cclray Zarr store (`cclray prep ... --out STORE`)
+    split: str = ""  # training split of the store
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    epochs: int = 10
+    steps_per_epoch: int = 16  # optimizer steps per epoch on every worker
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    # "plateau": ReduceLROnPlateau on the epoch's score (finetune: val L1); patience 3 epochs, so short
+    # runs (tens of epochs) still decay a few times. "cosine": cosine decay over the epochs to min_lr.
+    # "constant": no decay. Pretraining defaults to cosine: its only score is the training loss of a
+    # random patch stream, too noisy for plateau detection (measured: plateau took the lr from 1e-3 to
+    # 1e-6 within 1400 of 2000 steps while the CCL loss was still falling at 1e-3).
+    lr_schedule: str = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    min_lr: float = 1e-6
+    amp: bool = True  # mixed precision (float16 autocast + GradScaler); effective on CUDA only
+    # bfloat16 autocast on CPU devices. Measured 2.2x faster training step on 2 AMD EPYC cores
+    # (docs/BENCHMARKS.md); off by default because every figure in docs/RESULTS.md is fp32.
+    cpu_bf16: bool = False
+    # Model weights (and so activations) in channels_last_3d memory format: same numbers, measured
+    # 1.4x faster CPU training step (oneDNN's NDHWC convolutions); also the fast layout of cuDNN AMP.
+    channels_last: bool = True
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs; the last epoch is always checkpointed
+    keep_checkpoints: int = 2  # best ones kept (by score), plus always the latest
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # Ray CPUs per worker; 0 = the cluster's CPUs / num_workers
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        require(bool(self.store), f"{name}.store is empty: pass --store STORE (a `cclray prep` output)")
+        require(bool(self.split), f"{name}.split is empty: name a split of the store, e.g. 'pretrain'")
+        for key in ("epochs", "steps_per_epoch", "checkpoint_every", "keep_checkpoints", "num_workers"):
+            require(getattr(self, key) >= 1, f"{name}.{key}={getattr(self, key)} must be >= 1")
+        require(self.lr > 0, f"{name}.lr={self.lr} must be > 0")
+        require(self.weight_decay >= 0, f"{name}.weight_decay={self.weight_decay} must be >= 0")
+        require(self.grad_clip >= 0, f"{name}.grad_clip={self.grad_clip} must be >= 0 (0 = no clipping)")
+        require(self.lr_schedule in LR_SCHEDULES, f"{name}.lr_schedule={self.lr_schedule!r}: use one of "
+                                                   f"{list(LR_SCHEDULES)}")
+        require(0 < self.plateau_factor < 1, f"{name}.plateau_factor={self.plateau_factor} must be in (0, 1)")
+        require(self.plateau_patience >= 0, f"{name}.plateau_patience={self.plateau_patience} must be >= 0")
+        require(0 <= self.min_lr <= self.lr, f"{name}.min_lr={self.min_lr} must be in [0, lr={self.lr}]")
+        require(self.cpus_per_worker >= 0, f"{name}.cpus_per_worker={self.cpus_per_worker} must be >= 0")
+        s = self.model.stride
+        bad = [p for p in self.patch.patch_size if p % s]
+        require(not bad, f"{name}: patch.patch_size={list(self.patch.patch_size)} is not a multiple of "
+                         f"the network stride {s} (= 2 ** (len(model.widths) - 1)): use multiples of {s} "
+                         f"or fewer model.widths")
+
+    @property
+    def stage(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        """Training patch size (read by export and evaluation)."""
+        return self.patch.patch_size
+
+    def patch_for(self, world_size: int) -> PatchConfig:
+        """The PatchConfig a rank uses: ``samples_per_epoch = steps_per_epoch * batch_size * world_size``."""
+        return self.patch.replace(
+            samples_per_epoch=self.steps_per_epoch * self.patch.batch_size * int(world_size))
+
+
+@dataclass(frozen=True)
+class PretrainConfig(StageConfig):
+    """Stage 1: CCL pretraining of ``model`` on ``split`` with constraint map ``constraint``."""
+
+    split: str = "pretrain"
+    lr_schedule: str = "cosine"  # see StageConfig.lr_schedule
+    constraint: str = DEFAULT_CONSTRAINT  # store array constraint/<name> (`cclray constraint` adds others)
+
+    @property
+    def stage(self) -> str:
+        return "pretrain"
+
+    def validate(self) -> None:
+        super().validate()
+        require(bool(self.constraint), "PretrainConfig.constraint is empty: name a constraint map of the "
+                                       f"store, e.g. {DEFAULT_CONSTRAINT!r}")
+        require(min(self.patch.patch_size) // self.model.proj_stride >= 1,
+                f"PretrainConfig: patch.patch_size={list(self.patch.patch_size)} is smaller than "
+                f"model.proj_stride={self.model.proj_stride}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(StageConfig):
+    """Stage 2: T1w/T2w synthesis on ``split``; ``init`` = pretrain run/checkpoint or None (scratch).
+
+    ``loss.l1_weight`` / ``loss.ssim_weight`` weigh the synthesis loss; validation on ``val_split``
+    every ``val_every`` epochs over ``val_samples`` fixed patches (mean masked L1 and SSIM).
+    """
+
+    split: str = "finetune"
+    init: str | None = None  # pretrain run dir or checkpoint; None = random init (the baseline)
+    val_split: str | None = "val"  # None = no validation (plateau and "best" then use train loss)
+    val_every: int = 1  # epochs; checkpoint epochs are always validated
+    val_samples: int = 8  # fixed validation patches (same seed every time: comparable across epochs)
+
+    @property
+    def stage(self) -> str:
+        return "finetune"
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.val_every >= 1, f"FinetuneConfig.val_every={self.val_every} must be >= 1")
+        require(self.val_samples >= 1, f"FinetuneConfig.val_samples={self.val_samples} must be >= 1")
+        require(self.val_split != self.split,
+                f"FinetuneConfig.val_split={self.val_split!r} equals split: validate on held-out subjects")
+
+
+CONFIGS: dict[str, type[StageConfig]] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
+def stage_config(stage: str, data: dict | StageConfig) -> StageConfig:
+    """The typed config of ``stage`` from a plain dict (or a config, checked to be of that stage)."""
+    if stage not in CONFIGS:
+        raise ValueError(f"unknown stage {stage!r}: use one of {list(STAGES)}")
+    cls = CONFIGS[stage]
+    if isinstance(data, StageConfig):
+        if not isinstance(data, cls):
+            raise ValueError(f"a {type(data).__name__} was given for stage {stage!r}: pass a {cls.__name__}")
+        return data
+    return cls.from_dict(data)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from data_prep.config import FrozenConfig, require
+from data_prep.splits import PAPER_SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ PRESETS: dict[str, DemoConfig] = {
     "cpu-small": DemoConfig(splits={"pretrain": 14, "finetune": 4, "val": 2, "test": 4}, proj_stride=2,
                             pretrain_epochs=50, finetune_epochs=10, steps_per_epoch=20),
     # the paper's sizes (pretrain n=80, finetune n=10), 1 mm, 128³ patches: a GPU cluster job.
-    "paper": DemoConfig(n_subjects=105, spacing=1.0, splits={"pretrain": 80, "finetune": 10, "val": 5, "test": 10},
+    "paper": DemoConfig(n_subjects=105, spacing=1.0, splits=dict(PAPER_SPLITS),
                         widths=(16, 32, 64, 128, 128), patch=128, batch=2, pretrain_epochs=100,
                         finetune_epochs=100, steps_per_epoch=50, workers=4, use_gpu=True, loader_workers=4,
                         prep_workers=8),

@@ -146,7 +146,7 @@ def _mean(values: list[float]) -> float:
 
 # ---------------------------------------------------------------------------------------- the loop
 def make_scheduler(opt: torch.optim.Optimizer, cfg):
-    """The epoch-level lr schedule ``cfg.lr_schedule`` names (see :class:`cclray.stage_config.StageConfig`)."""
+    """The epoch-level lr schedule ``cfg.lr_schedule`` names (see :class:`cclray.config.StageConfig`)."""
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
     if cfg.lr_schedule == "constant":

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from cclray.checkpoint import load_checkpoint
+from cclray.config import FinetuneConfig
 from cclray.data import PatchDataset, make_loader
 from cclray.data.patches import check_patch_fits
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything, to_device
 from cclray.losses import SynthesisLoss, ssim_map
 from cclray.models import build_synthesizer, transfer_pretrained
 from cclray.runs import find_checkpoint
-from cclray.stage_config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 

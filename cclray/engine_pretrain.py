@@ -10,12 +10,12 @@ import logging
 import torch
 from torch import nn
 
+from cclray.config import PretrainConfig
 from cclray.data import PatchDataset
 from cclray.data.patches import check_patch_fits
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything
 from cclray.losses import CCLLoss
 from cclray.models import build_ccl_net
-from cclray.stage_config import PretrainConfig
 from data_prep.config import ConfigError
 
 log = logging.getLogger(__name__)

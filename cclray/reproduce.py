@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 
 from cclray.demo import PRESETS as DEMO_PRESETS
 from cclray.demo import DemoConfig, Steps, prepare_cohort, train_and_evaluate
+from data_prep.splits import PAPER_SPLITS
 
 log = logging.getLogger(__name__)
 
-PAPER_SPLITS = {"pretrain": 80, "finetune": 10, "val": 5, "test": 10}
 PRESETS: dict[str, DemoConfig] = {
     # 2 CPU cores, 1-2 h for 3 seeds (shared machine): 2 mm volumes, 32³ patches, 2000 pretrain steps and
     # 600 finetune steps of batch 4. What was reduced is printed and written to the results. proj_stride 2

@@ -53,7 +53,7 @@ def write_run_config(run_dir: str | os.PathLike, stage: str, config) -> Path:
 
 def read_run_config(run_dir: str | os.PathLike):
     """``(stage, typed config)`` of a run directory."""
-    from cclray.stage_config import stage_config
+    from cclray.config import stage_config
 
     path = location(run_dir) / CONFIG_FILE
     try:
@@ -185,8 +185,8 @@ def load_synthesizer(run_or_ckpt: str | os.PathLike, device: str = "cpu", which:
     ``meta`` = the checkpoint's ``meta.json`` plus ``checkpoint`` (its directory) and ``run``.
     """
     from cclray.checkpoint import checkpoint_config, load_checkpoint
+    from cclray.config import FinetuneConfig
     from cclray.models import build_synthesizer
-    from cclray.stage_config import FinetuneConfig
 
     ckpt_dir = find_checkpoint(run_or_ckpt, which)
     ckpt = load_checkpoint(ckpt_dir, stage="finetune", map_location="cpu")

@@ -27,9 +27,9 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from cclray.checkpoint import CheckpointError, load_checkpoint, read_meta
+from cclray.config import StageConfig, stage_config
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, write_run_config
-from cclray.stage_config import StageConfig, stage_config
 from data_prep.objstore import check_bucket, is_local, location, pyarrow_filesystem
 
 log = logging.getLogger(__name__)

@@ -112,6 +112,11 @@ class ConstraintSpec(FrozenConfig):
         return [channel_index(c) for c in self.contrasts]
 
 
+#: The setting ``cclray prep`` computes unless told otherwise (all four contrasts, K=20, seed 0); the
+#: stage configs' default ``constraint`` and the sweep's reference point are its name and values.
+DEFAULT_SPEC = ConstraintSpec()
+
+
 # ------------------------------------------------------------------------------------------ the map
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import preprocess
 from .config import ConfigError, FrozenConfig, require
+from .constraint import DEFAULT_SPEC
 from .discover import SubjectError, SubjectFiles, find_subjects
 from .nifti import load_subject
 from .resample import needs_resampling, resample_subject, subject_spacing, zooms
@@ -36,7 +37,7 @@ from .splits import PAPER_SPLITS, check_sizes, make_splits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONSTRAINT = {"contrasts": list(CONTRASTS), "k": 20, "seed": 0}
+DEFAULT_CONSTRAINT = DEFAULT_SPEC.to_dict()  # {"contrasts": [all four], "k": 20, "seed": 0}
 
 
 def _default_layout() -> dict:

@@ -1,6 +1,7 @@
 """What a sweep searches, and how one sampled point becomes the two stage configs of a trial.
 
-A point is a flat dict (what Optuna samples and the results CSV shows)::
+A point is a flat dict (what Optuna samples and the results CSV shows); the reference point
+:data:`DEFAULT_POINT` is the stage configs' defaults, e.g.::
 
     {"pretrain": True, "contrasts": "all", "k": 20, "temperature": 0.1, "top_k": 100,
      "n_anchors": 20, "proj_stride": 4, "pretrain_lr": 1e-3}
@@ -14,14 +15,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from cclray.config import LossConfig, ModelConfig, PretrainConfig, deep_merge
 from data_prep.config import ConfigError, FrozenConfig, require
-from data_prep.constraint import PRESETS, ConstraintSpec
+from data_prep.constraint import DEFAULT_SPEC, PRESETS, ConstraintSpec
 
 log = logging.getLogger(__name__)
 
-#: The reference values (DESIGN §4): Optuna evaluates this point first, so "best vs defaults" is measured.
-DEFAULT_POINT: dict = {"pretrain": True, "contrasts": "all", "k": 20, "temperature": 0.1, "top_k": 100,
-                       "n_anchors": 20, "proj_stride": 4, "pretrain_lr": 1e-3}
+
+def _reference_point() -> dict:
+    """The stage configs' defaults and the constraint map `cclray prep` computes by default."""
+    loss, model = LossConfig(), ModelConfig()
+    contrasts = next(name for name, cs in PRESETS.items() if cs == DEFAULT_SPEC.contrasts)
+    return {"pretrain": True, "contrasts": contrasts, "k": DEFAULT_SPEC.k, "temperature": loss.temperature,
+            "top_k": loss.top_k, "n_anchors": loss.n_anchors, "proj_stride": model.proj_stride,
+            "pretrain_lr": PretrainConfig.lr}
+
+
+#: The reference values (the defaults of the method): Optuna evaluates this point first, so "best vs
+#: defaults" is measured.
+DEFAULT_POINT: dict = _reference_point()
 POINT_KEYS = tuple(DEFAULT_POINT)
 
 _TINY_MODEL = {"widths": (8, 16, 32), "groups": 4, "proj_dim": 16}
@@ -111,13 +123,6 @@ def budget(name: str) -> dict[str, dict]:
     return {stage: dict(v) for stage, v in BUDGETS[name].items()}
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def constraint_spec(point: dict, seed: int = 0) -> ConstraintSpec:
     """The constraint-map setting a point asks for."""
     contrasts = point["contrasts"]
@@ -136,11 +141,11 @@ def stage_dicts(point: dict, store: str, budget_name: str, base: dict | None = N
     b = budget(budget_name)
     base = base or {}
     common = {"store": store}
-    pre = _merge(_merge(common, b["pretrain"]), base.get("pretrain", {}))
-    fine = _merge(_merge(common, b["finetune"]), base.get("finetune", {}))
+    pre = deep_merge(deep_merge(common, b["pretrain"]), base.get("pretrain", {}))
+    fine = deep_merge(deep_merge(common, b["finetune"]), base.get("finetune", {}))
     stride = int(point["proj_stride"])
-    pre = _merge(pre, {"model": {"proj_stride": stride}, "lr": float(point["pretrain_lr"]),
+    pre = deep_merge(pre, {"model": {"proj_stride": stride}, "lr": float(point["pretrain_lr"]),
                        "loss": {"n_anchors": int(point["n_anchors"]), "top_k": int(point["top_k"]),
                                 "temperature": float(point["temperature"])}})
-    fine = _merge(fine, {"model": {"proj_stride": stride}})  # same architecture key as the pretrain checkpoint
+    fine = deep_merge(fine, {"model": {"proj_stride": stride}})  # same architecture key as the pretrain checkpoint
     return pre, fine

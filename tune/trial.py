@@ -104,7 +104,7 @@ def run_trial(point: dict, setup: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cclray.stage_config import stage_config
+    from cclray.config import stage_config
     from tune.space import constraint_spec, stage_dicts
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cclray.config import CONFIGS, DEFAULT_CONSTRAINT, deep_merge, stage_config
 from data_prep.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ SHOWN_METRICS = ("epoch", "step", "loss", "val_l1", "val_ssim", "score", "lr", "
 
 # ---------------------------------------------------------------------------------------- arguments
 def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
-    """The options of ``cclray pretrain`` / ``cclray finetune`` (``stage``)."""
+    """The options of ``cclray pretrain`` / ``cclray finetune`` (``stage``); defaults in the help are the
+    stage config's."""
+    d = CONFIGS[stage]
     parser.add_argument("--store", default=None, metavar="STORE",
                         help="Zarr store written by `cclray prep` (path or fsspec URL; may instead come "
                              "from --config)")
@@ -36,15 +39,15 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
         init.add_argument("--scratch", action="store_true",
                           help="start from random weights: the baseline, same budget")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="Ray Train workers (DDP ranks; default: config's num_workers, 1)")
+                        help=f"Ray Train workers (DDP ranks; default: config's num_workers, {d.num_workers})")
     parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
-    parser.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs (default: config's, 10)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E", help=f"epochs (default: config's, {d.epochs})")
     parser.add_argument("--steps", type=int, default=None, metavar="S",
-                        help="optimizer steps per epoch on every worker (steps_per_epoch; default 16)")
+                        help=f"optimizer steps per epoch on every worker (steps_per_epoch; default {d.steps_per_epoch})")
     if stage == "pretrain":
         parser.add_argument("--constraint", default=None, metavar="NAME",
-                            help="constraint map of the store to pretrain with (default: all four "
-                                 "contrasts, k=20; `cclray constraint` adds others)")
+                            help=f"constraint map of the store to pretrain with (default: {DEFAULT_CONSTRAINT}, "
+                                 "the one `cclray prep` computes; `cclray constraint` adds others)")
     parser.add_argument("--config", default=None, metavar="FILE.json",
                         help="stage config as JSON (a plain config dict, or a run's config.json)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -86,14 +89,6 @@ def parse_overrides(items: list[str]) -> dict:
                 raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} was set to a value "
                                   f"by an earlier --set; it is not a group of keys")
         node[parts[-1]] = parse_value(text, key)
-    return out
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``; nested dicts are merged key by key (neither input is changed)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -164,10 +159,8 @@ def config_dict(args: argparse.Namespace, stage: str) -> dict:
 
 
 def build_config(args: argparse.Namespace, stage: str):
-    """The typed, validated :class:`~cclray.stage_config.StageConfig` of ``stage``; raises
+    """The typed, validated :class:`~cclray.config.StageConfig` of ``stage``; raises
     :class:`ConfigError` (unknown key with did-you-mean, bad value) naming the key and the fix."""
-    from cclray.stage_config import stage_config
-
     return stage_config(stage, config_dict(args, stage))
 
 

@@ -9,16 +9,17 @@ import argparse
 import os
 import sys
 
-HELP = "add a constraint-map setting to a store, or draw one as PNG"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from data_prep.constraint import DEFAULT_SPEC
+
     parser.add_argument("store", metavar="STORE", help="a store written by `cclray prep` (path or fsspec URL)")
     parser.add_argument("--contrasts", default=None, metavar="LIST",
                         help="contrasts of the setting: comma list of t1w,t1gd,t2w,flair (aliases t1, t1ce, t2, "
                              "t2f, ...) or 'all', 't1-only', 't2-only'; default 'all' when adding")
-    parser.add_argument("--k", type=int, default=20, help="clusters (default %(default)s; 20-30 work)")
-    parser.add_argument("--seed", type=int, default=0, help="k-means / subsample seed (default %(default)s)")
+    parser.add_argument("--k", type=int, default=DEFAULT_SPEC.k, help="clusters (default %(default)s; 20-30 work)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SPEC.seed,
+                        help="k-means / subsample seed (default %(default)s)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="processes, one subject each (default %(default)s)")
     parser.add_argument("--png", default=None, metavar="OUT.png",

@@ -1,8 +1,6 @@
 """``cclray demo``: the whole system on the phantom cohort (see :mod:`cclray.demo`)."""
 from __future__ import annotations
 
-HELP = "the end-to-end demo on the phantom cohort"
-
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out); a rerun keeps finished steps")

@@ -1,8 +1,6 @@
 """``cclray evaluate``: sliding-window evaluation of one or more runs on a store split."""
 from __future__ import annotations
 
-HELP = "sliding-window evaluation of runs on a split: CSV, table, figure"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--store", required=True, help="Zarr store written by `cclray prep`")

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "export a synthesizer to ONNX with its model card"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)

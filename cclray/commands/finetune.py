@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "stage 2: T1w+T2w synthesis, from a pretrain run or from scratch (Ray Train)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cclray.commands._stage import add_stage_arguments

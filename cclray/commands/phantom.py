@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "write a phantom BraTS-layout NIfTI cohort (no download)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder to write the subject folders into")

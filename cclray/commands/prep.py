@@ -5,10 +5,15 @@ import argparse
 import os
 import sys
 
-HELP = "ingest a BraTS NIfTI folder into a Zarr v3 store (masks, normalization, constraint maps, splits)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from data_prep.constraint import DEFAULT_SPEC
+    from data_prep.prep import PrepConfig
+    from data_prep.preprocess import DEFAULT_MARGIN, DEFAULT_PERCENTILES
+    from data_prep.splits import PAPER_SPLITS
+    from data_prep.store import Layout
+
+    layout = Layout()
     parser.add_argument("src", metavar="SRC_DIR", help="folder holding BraTS subject folders (2021 or 2023+ naming)")
     parser.add_argument("--out", required=True, metavar="STORE",
                         help="store path or fsspec URL (file://, s3://, gs://, memory://); re-running resumes")
@@ -16,23 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes, one subject each (memory ~ one subject per worker; default %(default)s)")
     parser.add_argument("--constraint", action="append", default=None, metavar="SPEC",
                         help="constraint-map setting, e.g. 't1w,t1gd,t2w,flair:k=20' or 't1gd,t1w:k=30,seed=1'; "
-                             "repeat for several (default: all four contrasts, k=20)")
-    parser.add_argument("--splits", default="pretrain=80,finetune=10,val=5,test=10", metavar="NAME=N,...",
+                             f"repeat for several (default: {DEFAULT_SPEC.name})")
+    parser.add_argument("--splits", default=",".join(f"{k}={v}" for k, v in PAPER_SPLITS.items()), metavar="NAME=N,...",
                         help="split sizes in subjects, scaled down for smaller cohorts (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=PrepConfig.seed, help="seed of the splits (default %(default)s)")
     parser.add_argument("--allow-skips", action="store_true", help="exit 0 even when some subjects failed")
-    parser.add_argument("--margin", type=int, default=None, help="voxels kept around the brain box (default 4)")
+    parser.add_argument("--margin", type=int, default=None, help=f"voxels kept around the brain box (default {DEFAULT_MARGIN})")
     parser.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                        help="intensity clip percentiles inside the brain (default 0.5 99.5)")
+                        help=f"intensity clip percentiles inside the brain (default {DEFAULT_PERCENTILES[0]:g} "
+                             f"{DEFAULT_PERCENTILES[1]:g})")
     parser.add_argument("--spacing", type=float, default=None, metavar="MM",
                         help="resample every subject to an isotropic MM grid before storing (e.g. 2: 8x fewer "
                              "voxels, for CPU-sized experiments); the source affine is kept so outputs go back "
                              "onto the source grid (default: keep each source's grid, 1 mm for BraTS)")
     parser.add_argument("--codec", default=None, choices=("blosc-lz4", "blosc-zstd", "none"),
-                        help="compression of the arrays (default blosc-lz4: 15.9 MB a phantom subject, "
+                        help=f"compression of the arrays (default {layout.codec}; blosc-lz4: 15.9 MB a phantom subject, "
                              "64³ patch in 2.2 ms; 'none': 31 MB, 1.2 ms; docs/BENCHMARKS.md)")
     parser.add_argument("--chunk", type=int, default=None, metavar="C",
-                        help="spatial chunk edge of the image arrays, (4, C, C, C) chunks (default 32)")
+                        help=f"spatial chunk edge of the image arrays, (4, C, C, C) chunks (default {layout.chunk})")
 
 
 def build_config(args: argparse.Namespace):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "stage 1: CCL pretraining (Ray Train)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cclray.commands._stage import add_stage_arguments

@@ -1,8 +1,6 @@
 """``cclray reproduce``: the paper's table over seeds (see :mod:`cclray.reproduce`)."""
 from __future__ import annotations
 
-HELP = "the paper's table: CCL vs scratch over seeds on a phantom cohort with the paper's split"
-
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="reproduction", help="output folder (default reproduction); a rerun continues")

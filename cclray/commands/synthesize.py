@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "run an ONNX synthesizer on NIfTI inputs (no torch needed)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = " ".join(__doc__.split())

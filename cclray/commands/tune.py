@@ -9,28 +9,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "Ray Tune search over constraint and loss settings"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tune.space import BUDGETS
+    import dataclasses
 
+    from tune.space import BUDGETS
+    from tune.sweep import SweepConfig
+
+    d = {f.name: f.default for f in dataclasses.fields(SweepConfig)}  # defaults shown are the config's
     parser.add_argument("--store", required=True, help="a store written by `cclray prep` (path or URL)")
     parser.add_argument("--out", required=True, metavar="SWEEP", help="sweep folder (local path or URL)")
     parser.add_argument("--runs-dir", default="", help="trials' run folders (default SWEEP/runs; needed for a URL)")
-    parser.add_argument("--samples", type=int, default=8, help="trials (default %(default)s)")
-    parser.add_argument("--max-concurrent", type=int, default=0,
+    parser.add_argument("--samples", type=int, default=d["samples"], help="trials (default %(default)s)")
+    parser.add_argument("--max-concurrent", type=int, default=d["max_concurrent"],
                         help="trials at once (default: what the cluster holds; 1 without GPUs)")
-    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (default 0)")
-    parser.add_argument("--cpus-per-worker", type=float, default=0.0,
+    parser.add_argument("--workers-per-trial", type=int, default=d["workers_per_trial"],
+                        help="Ray Train workers per trial (default %(default)s)")
+    parser.add_argument("--gpus-per-worker", type=float, default=d["gpus_per_worker"],
+                        help="GPUs per Train worker (default %(default)g)")
+    parser.add_argument("--cpus-per-worker", type=float, default=d["cpus_per_worker"],
                         help="CPUs per Train worker (default: the cluster's CPUs shared by the trials)")
-    parser.add_argument("--budget", default="small", choices=list(BUDGETS),
+    parser.add_argument("--budget", default=d["budget"], choices=list(BUDGETS),
                         help="training size of every trial (default %(default)s; tiny = tests)")
-    parser.add_argument("--seed", type=int, default=0, help="Optuna and training seed (default 0)")
-    parser.add_argument("--grace-period", type=int, default=1, help="ASHA: finetune epochs before a stop")
-    parser.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor (default 2)")
-    parser.add_argument("--trial-retries", type=int, default=0, help="re-runs of a failed trial (default 0)")
+    parser.add_argument("--seed", type=int, default=d["seed"], help="Optuna and training seed (default %(default)s)")
+    parser.add_argument("--grace-period", type=int, default=d["grace_period"],
+                        help="ASHA: finetune epochs before a stop (default %(default)s)")
+    parser.add_argument("--reduction-factor", type=int, default=d["reduction_factor"],
+                        help="ASHA reduction factor (default %(default)s)")
+    parser.add_argument("--trial-retries", type=int, default=d["trial_retries"],
+                        help="re-runs of a failed trial (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in SWEEP (Tuner.restore)")
     parser.add_argument("--no-pretrain-arm", action="store_true",
                         help="do not sample the control arm (finetune from random init)")

@@ -1,5 +1,7 @@
-"""Torch-side data: streaming random 3D patches from the cclray Zarr store (no Ray here)."""
-from .patches import PatchConfig, PatchDataset, augment, make_loader
+"""Torch-side data: streaming random 3D patches from the cclray Zarr store (no Ray here).
+
+Their settings are :class:`cclray.config.PatchConfig` (the ``patch.*`` keys of a stage config)."""
+from .patches import PatchDataset, augment, make_loader
 from .sampling import shard_subjects, worker_count
 
-__all__ = ["PatchConfig", "PatchDataset", "augment", "make_loader", "shard_subjects", "worker_count"]
+__all__ = ["PatchDataset", "augment", "make_loader", "shard_subjects", "worker_count"]

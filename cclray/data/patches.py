@@ -19,44 +19,18 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.context
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from data_prep.config import ConfigError, FrozenConfig, require
+from cclray.config import PatchConfig
+from data_prep.config import ConfigError
 from data_prep.schema import canonical_contrast, channel_index
 
 from .sampling import (box_around, choose_centre, cut, foreground_sample, region_size, shard_subjects,
                        subject_seed, worker_count)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PatchConfig(FrozenConfig):
-    """How patches are sampled and batched."""
-
-    patch_size: tuple[int, int, int] = (64, 64, 64)
-    batch_size: int = 2
-    fg_fraction: float = 0.67  # share of patches centred on a foreground (brain) voxel; rest uniform
-    patches_per_volume: int = 4  # patches cut from one loaded region before moving on
-    region_factor: float = 1.5  # region edge = patch edge x this (when patches_per_volume > 1), capped at the volume
-    augment: bool = True  # random flips (3 axes) + per-channel intensity scale/shift on inputs
-    num_workers: int = 1  # DataLoader workers per training process
-    samples_per_epoch: int = 64
-
-    def validate(self) -> None:
-        require(all(p >= 1 for p in self.patch_size),
-                f"PatchConfig.patch_size={list(self.patch_size)}: every edge must be >= 1")
-        require(self.batch_size >= 1, f"PatchConfig.batch_size={self.batch_size}: must be >= 1")
-        require(0.0 <= self.fg_fraction <= 1.0, f"PatchConfig.fg_fraction={self.fg_fraction}: must be in [0, 1]")
-        require(self.patches_per_volume >= 1,
-                f"PatchConfig.patches_per_volume={self.patches_per_volume}: must be >= 1")
-        require(self.region_factor >= 1.0, f"PatchConfig.region_factor={self.region_factor}: must be >= 1")
-        require(self.num_workers >= 0, f"PatchConfig.num_workers={self.num_workers}: must be >= 0")
-        require(self.samples_per_epoch >= 1,
-                f"PatchConfig.samples_per_epoch={self.samples_per_epoch}: must be >= 1")
 
 
 class PatchDataset(torch.utils.data.IterableDataset):

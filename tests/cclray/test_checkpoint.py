@@ -10,7 +10,7 @@ from cclray.checkpoint import (CKPT_FILE, META_FILE, CheckpointError, checkpoint
                                load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state)
 from cclray.runs import (MetricsLog, checkpoint_dirs, checkpoint_name, find_checkpoint, prune_checkpoints,
                          read_run_config, write_run_config)
-from cclray.stage_config import FinetuneConfig, PretrainConfig
+from cclray.config import FinetuneConfig, PretrainConfig
 
 CFG = PretrainConfig.from_dict({"store": "s.zarr", "model": {"widths": [8, 16, 32]}})
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from cclray.checkpoint import CheckpointError, read_meta
+from cclray.config import FinetuneConfig, PretrainConfig
 from cclray.engine import LocalContext, weight_checksum
 from cclray.engine_finetune import run_finetune
 from cclray.engine_pretrain import run_pretrain
-from cclray.runs import checkpoint_dirs, find_checkpoint, load_synthesizer, MetricsLog
-from cclray.stage_config import FinetuneConfig, PretrainConfig
+from cclray.runs import MetricsLog, checkpoint_dirs, find_checkpoint, load_synthesizer
 from data_prep.config import ConfigError
 
 TINY = {"model": {"widths": [8, 16, 32], "proj_stride": 2},
@@ -140,9 +140,8 @@ def test_cpu_bf16_autocast_is_opt_in_and_trains(tiny_store, tmp_path):
 
 
 def test_to_channels_last_keeps_1x1x1_kernels_in_ddp_friendly_strides():
-    from cclray.models import to_channels_last
     from cclray.config import ModelConfig
-    from cclray.models import build_synthesizer
+    from cclray.models import build_synthesizer, to_channels_last
 
     net = to_channels_last(build_synthesizer(ModelConfig(widths=(8, 16, 32))))
     five = [p for p in net.parameters() if p.dim() == 5]

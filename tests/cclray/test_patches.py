@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from cclray.data import PatchConfig, PatchDataset, make_loader, shard_subjects, worker_count
+from cclray.config import PatchConfig
+from cclray.data import PatchDataset, make_loader, shard_subjects, worker_count
 from cclray.data.sampling import box_around, choose_centre, cut, foreground_sample
 from data_prep.config import ConfigError
 from data_prep.store import Store

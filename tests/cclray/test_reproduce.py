@@ -1,7 +1,8 @@
 """The reproduction's aggregation over seeds: mean ± sd of per-seed means, paired differences, the table."""
 import pytest
 
-from cclray.reproduce import PAPER_SPLITS, PRESETS, aggregate, render_table
+from cclray.reproduce import PRESETS, aggregate, render_table
+from data_prep.splits import PAPER_SPLITS
 
 
 def _summary(t1_ssim: dict) -> dict:

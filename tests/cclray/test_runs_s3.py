@@ -23,7 +23,7 @@ from cclray.runs import (
     read_run_config,
     write_run_config,
 )
-from cclray.stage_config import PretrainConfig
+from cclray.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = PretrainConfig.from_dict({"store": "s3://b/store.zarr"})
@@ -84,7 +84,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from cclray.checkpoint import save_checkpoint
 from cclray.runs import checkpoint_name
-from cclray.stage_config import PretrainConfig
+from cclray.config import PretrainConfig
 from data_prep.objstore import pyarrow_filesystem
 
 run, how = sys.argv[1], sys.argv[2]

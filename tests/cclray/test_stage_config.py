@@ -1,7 +1,7 @@
 """Stage configs: defaults, nesting, JSON round trip, refusals with the key and the fix."""
 import pytest
 
-from cclray.stage_config import FinetuneConfig, PretrainConfig, stage_config
+from cclray.config import FinetuneConfig, PretrainConfig, stage_config
 from data_prep.config import ConfigError
 
 BASE = {"store": "s.zarr"}

@@ -47,7 +47,7 @@ def exported(tmp_path_factory):
     """{precision: (path, report)}: fp32 through a finetune checkpoint + `cclray export` (the user's
     path; its store gives the real parity patch and the percentiles), fp16 from the model in memory."""
     from cclray.checkpoint import save_checkpoint
-    from cclray.stage_config import FinetuneConfig
+    from cclray.config import FinetuneConfig
 
     model, cfg = tiny_model()
     root = tmp_path_factory.mktemp("onnx")

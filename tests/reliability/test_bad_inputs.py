@@ -120,9 +120,9 @@ def _fit(tmp: Path, store: dict, changes: dict) -> Outcome:
 
 def _patch_too_large(tmp: Path, store: dict) -> Outcome:
     """The patch exceeds every (24³) subject: refused when the dataset is built, before any step."""
+    from cclray.config import stage_config
     from cclray.engine import LocalContext
     from cclray.engine_pretrain import run_pretrain
-    from cclray.stage_config import stage_config
     from data_prep.config import ConfigError
 
     cfg = stage_config("pretrain", {**TINY, "store": store["url"],
@@ -138,8 +138,8 @@ def _checkpoint(tmp: Path, stage: str = "pretrain") -> Path:
     import torch
 
     from cclray.checkpoint import save_checkpoint
+    from cclray.config import stage_config
     from cclray.runs import checkpoint_name
-    from cclray.stage_config import stage_config
 
     cfg = stage_config(stage, {**TINY, "store": "s.zarr"})
     return save_checkpoint(tmp / "run" / checkpoint_name(1, 1),

@@ -173,7 +173,7 @@ def test_checkpoint_write_killed_previous_one_is_used(tmp_path):
         import os, signal, torch
         from cclray.checkpoint import save_checkpoint
         from cclray.runs import checkpoint_name
-        from cclray.stage_config import PretrainConfig
+        from cclray.config import PretrainConfig
         cfg = PretrainConfig.from_dict({{"store": "s.zarr"}})
         state = {{"model": {{"w": torch.arange(1000.0)}}, "step": 3, "epoch": 1}}
         save_checkpoint({str(run)!r} + "/" + checkpoint_name(1, 3), state, cfg, "pretrain")
@@ -202,8 +202,8 @@ def test_checkpoint_write_killed_previous_one_is_used(tmp_path):
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store, tmp_path, where, request):
     from cclray.checkpoint import checkpoint_config, load_checkpoint, read_meta
+    from cclray.config import stage_config
     from cclray.runs import MetricsLog, checkpoint_dirs, find_checkpoint
-    from cclray.stage_config import stage_config
     from cclray.train import fit
 
     epochs, steps = 12, 3  # ~0.1 s an epoch here: long enough to be killed mid-run

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cclray.checkpoint import load_checkpoint, save_checkpoint
-from cclray.stage_config import PretrainConfig
+from cclray.config import PretrainConfig
 
 UNSAFE = ["..", "a..b", ".hidden", "a b", "-rf", "a\\b", "a:b"]  # as a file-name prefix or a folder name
 

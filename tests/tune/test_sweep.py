@@ -7,11 +7,11 @@ import math
 import multiprocessing
 
 import pytest
+from conftest import make_tiny_store
 
 from cclray.checkpoint import is_complete
 from data_prep.config import ConfigError
 from data_prep.constraint import ConstraintSpec
-from conftest import make_tiny_store
 from tune.report import SweepReportError, best_checkpoint, pick_best, read_csv
 from tune.space import DEFAULT_POINT, SearchSpace, stage_dicts
 from tune.sweep import SweepConfig, resources
@@ -64,8 +64,20 @@ def test_pick_best(rows, expected):
         assert pick_best(rows)["trial_id"] == expected
 
 
+def test_default_point_is_the_config_defaults():
+    """The reference point is not restated: it is the stage configs' defaults and prep's default map."""
+    from cclray.config import LossConfig, ModelConfig, PretrainConfig, stage_config
+    from data_prep.constraint import DEFAULT_SPEC
+    from tune.space import constraint_spec
+
+    pre, _ = stage_dicts(DEFAULT_POINT, "s.zarr", "medium")
+    pre = stage_config("pretrain", pre)
+    assert pre.loss == LossConfig() and pre.model == ModelConfig() and pre.lr == PretrainConfig(store="s").lr
+    assert constraint_spec(DEFAULT_POINT) == DEFAULT_SPEC and DEFAULT_SPEC.name == pre.constraint
+
+
 def test_point_to_stage_configs():
-    from cclray.stage_config import stage_config
+    from cclray.config import stage_config
 
     point = {**DEFAULT_POINT, "temperature": 0.3, "proj_stride": 2, "top_k": 50}
     pre, fine = stage_dicts(point, "s.zarr", "tiny", {"finetune": {"val_every": 1}})
