@@ -67,7 +67,7 @@ def main() -> int:
     export_onnx((build_synthesizer(cfg).eval(), cfg, {"patch_size": patch}), model)
     cohort = write_cohort(Path(args.work) / f"cohort-{'x'.join(map(str, shape))}", n, shape)
     card = OnnxSynthesizer(model, provider="cpu").card
-    jobs = scaleout.cohort_jobs(str(cohort), card.inputs)
+    jobs, _ = scaleout.cohort_jobs(str(cohort), card.inputs)
     report.figure("cohort", len(jobs), "subjects", shape=list(shape), patch=patch)
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -1,11 +1,16 @@
-"""Find BraTS subject folders and tell which file naming each one uses.
+"""Find BraTS subject folders and tell which file naming each one uses: the one reader of BraTS folders.
 
 A subject folder is any folder under ``SRC_DIR`` (at any depth, hidden folders such as ``.partial/``
 excluded) that directly holds ``.nii.gz`` or ``.nii`` files. Its naming (:data:`data_prep.schema.NAMINGS`: BraTS 2021 ``_t1, _t1ce, _t2, _flair,
 _seg`` or BraTS 2023+ ``-t1n, -t1c, -t2w, -t2f, -seg``) is detected from the files present; ``seg`` is
-optional. Problems of one subject (unknown naming, a missing contrast) are collected as
-:class:`SubjectError` so the caller can skip that subject; problems of the whole folder (no subject
-at all, two folders giving the same subject id) raise :class:`DiscoveryError`.
+optional. The subject id is the files' common prefix. Which contrasts a subject must have is the
+caller's (``contrasts``): all four for ``cclray prep``, the model's inputs for ``cclray synthesize``;
+so both accept the same folders. Problems of one subject (unknown naming, a missing contrast) are
+collected as :class:`SubjectError` so the caller can skip that subject; problems of the whole folder
+(no subject at all, two folders giving the same subject id) raise :class:`DiscoveryError`. Both are
+:class:`InputError` subclasses.
+
+Imports only the standard library and :mod:`data_prep.schema` (the torch-free runtime uses it too).
 """
 from __future__ import annotations
 
@@ -21,11 +26,15 @@ log = logging.getLogger(__name__)
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
 
-class DiscoveryError(ValueError):
+class InputError(ValueError):
+    """An input file or folder is unusable; the message names the file and the fix."""
+
+
+class DiscoveryError(InputError):
     """The source folder as a whole is unusable (empty, duplicate subject ids); the message says the fix."""
 
 
-class SubjectError(ValueError):
+class SubjectError(InputError):
     """One subject is unusable. ``sid`` and ``file`` say which; the message names the file and the fix."""
 
     def __init__(self, message: str, sid: str | None = None, file: str | Path | None = None):
@@ -39,12 +48,17 @@ class SubjectError(ValueError):
 
 @dataclass(frozen=True)
 class SubjectFiles:
-    """The NIfTI files of one subject: ``paths`` maps each canonical contrast to its file."""
+    """The NIfTI files of one subject: ``paths`` maps each canonical contrast asked for to its file."""
 
     sid: str
     naming: str
-    paths: dict = field(hash=False)  # {contrast: Path}, every contrast of schema.CONTRASTS
+    paths: dict = field(hash=False)  # {contrast: Path}, every contrast the discovery asked for
     seg: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The subject's folder."""
+        return Path(next(iter(self.paths.values()))).parent
 
     def source_files(self) -> dict:
         out = {c: str(p) for c, p in self.paths.items()}
@@ -72,19 +86,21 @@ def _nifti_folders(src: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if any(_stem(Path(f)) is not None for f in files):
+        if any(nifti_stem(Path(f)) is not None for f in files):
             out.append(Path(root))
     return sorted(out)
 
 
-def _stem(path: Path) -> str | None:
+def nifti_stem(path: Path) -> str | None:
+    """``"a_t1.nii.gz"`` -> ``"a_t1"``; None for a file that is not ``.nii.gz`` / ``.nii``."""
+    name = path.name if hasattr(path, "name") else Path(path).name  # a Path, a UPath or a str
     for ext in NIFTI_EXTENSIONS:
-        if path.name.endswith(ext):
-            return path.name[: -len(ext)]
+        if name.endswith(ext):
+            return name[: -len(ext)]
     return None
 
 
-def _parse(stem: str, naming: Naming) -> tuple[str, str] | None:
+def parse_stem(stem: str, naming: Naming) -> tuple[str, str] | None:
     """``"BraTS2021_00001_t1ce"`` -> ``("BraTS2021_00001", "t1gd")`` under ``naming``, else None."""
     if naming.sep not in stem:
         return None
@@ -99,14 +115,19 @@ def _expected(naming: Naming, sid: str = "<ID>") -> str:
     return ", ".join(naming.filename(sid, w) for w in (*CONTRASTS, "seg"))
 
 
-def subject_from_folder(folder: Path) -> SubjectFiles:
-    """Read one subject folder; raise :class:`SubjectError` naming the file(s) and the fix."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _stem(p) is not None)
+def subject_from_folder(folder: Path, contrasts: tuple[str, ...] = CONTRASTS) -> SubjectFiles:
+    """Read one subject folder holding (at least) ``contrasts``; raise :class:`SubjectError` naming the
+    file(s) and the fix."""
+    folder = Path(folder) if isinstance(folder, str) else folder  # a Path, or a UPath on object storage
+    if not folder.is_dir():
+        raise SubjectError(f"{folder}: not a folder; pass a BraTS subject folder (e.g. BraTS-GLI-00000-000/)",
+                           sid=folder.name, file=folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and nifti_stem(p) is not None)
     best: tuple[int, Naming, dict] | None = None
     for naming in NAMINGS.values():
         found: dict[str, dict[str, Path]] = {}  # prefix -> {what: path}
         for p in files:
-            parsed = _parse(_stem(p), naming)
+            parsed = parse_stem(nifti_stem(p), naming)
             if parsed:
                 found.setdefault(parsed[0], {})[parsed[1]] = p
         score = sum(len(v) for v in found.values())
@@ -128,20 +149,21 @@ def subject_from_folder(folder: Path) -> SubjectFiles:
         )
     (prefix, parts), = found.items()
     sid = safe_subject_id(prefix, folder)
-    missing = [c for c in CONTRASTS if c not in parts]
+    missing = [c for c in contrasts if c not in parts]
     if missing:
         names = [naming.filename(prefix, c) for c in missing]
         raise SubjectError(
             f"{folder}: missing {', '.join(names)} ({naming.name} naming; found "
-            f"{[p.name for p in files]}; every subject needs {', '.join(CONTRASTS)}); "
+            f"{[p.name for p in files]}; every subject needs {', '.join(contrasts)}); "
             f"add the file(s) or remove the folder",
             sid=sid, file=folder / names[0],
         )
-    return SubjectFiles(sid, naming.name, {c: parts[c] for c in CONTRASTS}, parts.get("seg"))
+    return SubjectFiles(sid, naming.name, {c: parts[c] for c in contrasts}, parts.get("seg"))
 
 
-def find_subjects(src_dir: str | Path) -> Discovery:
-    """Every subject folder under ``src_dir``; per-subject problems collected, not raised."""
+def find_subjects(src_dir: str | Path, contrasts: tuple[str, ...] = CONTRASTS) -> Discovery:
+    """Every subject folder under ``src_dir`` holding ``contrasts``; per-subject problems collected, not
+    raised."""
     src = Path(src_dir).expanduser()
     if not src.is_dir():
         raise DiscoveryError(f"{src} is not a folder: pass the folder that holds the BraTS subject folders")
@@ -155,7 +177,7 @@ def find_subjects(src_dir: str | Path) -> Discovery:
     failed: list[SubjectError] = []
     for folder in folders:
         try:
-            s = subject_from_folder(folder)
+            s = subject_from_folder(folder, contrasts)
         except SubjectError as e:
             failed.append(e)
             continue
@@ -164,17 +186,17 @@ def find_subjects(src_dir: str | Path) -> Discovery:
             continue
         if s.sid in subjects:
             raise DiscoveryError(
-                f"duplicate subject id {s.sid!r}: {subjects[s.sid].paths['t1w'].parent} and "
-                f"{s.paths['t1w'].parent}; remove or rename one of the two folders"
+                f"duplicate subject id {s.sid!r}: {subjects[s.sid].folder} and {s.folder}; remove or "
+                f"rename one of the two folders"
             )
         subjects[s.sid] = s
     log.info("found %d subject(s) under %s (%d unusable)", len(subjects), src, len(failed))
     return Discovery([subjects[k] for k in sorted(subjects)], failed)
 
 
-def discover(src_dir: str | Path) -> list[SubjectFiles]:
+def discover(src_dir: str | Path, contrasts: tuple[str, ...] = CONTRASTS) -> list[SubjectFiles]:
     """Like :func:`find_subjects` but raise the first per-subject problem."""
-    found = find_subjects(src_dir)
+    found = find_subjects(src_dir, contrasts)
     if found.failed:
         raise found.failed[0]
     return found.subjects

@@ -1,9 +1,12 @@
 """Load one subject's NIfTI files with nibabel and validate them before anything is written.
 
-Checks: every contrast readable (a truncated ``.nii.gz`` or a non-NIfTI file with a NIfTI name is
-refused), 3D (a trailing singleton 4th axis is squeezed, a real 4D series refused), one shape and one
-affine (``allclose``, atol 1e-3) across contrasts and seg, finite values, no contrast all zero, a
-non-empty brain. Every failure is a :class:`SubjectError` whose message names the file and the fix.
+Checks: every contrast readable (a missing file, a truncated ``.nii.gz`` or a non-NIfTI file with a
+NIfTI name is refused), 3D (trailing singleton axes are squeezed, a real 4D series refused), one shape
+and one affine (``allclose``, atol 1e-3) across contrasts and seg, finite values and a finite affine,
+no contrast all zero. Every failure is a :class:`SubjectError` whose message names the file and the fix.
+
+The one set of rules for both readers of NIfTI: ``cclray prep`` (:func:`load_subject`, all four
+contrasts and seg) and the torch-free runtime (:func:`load_contrasts`, the model's inputs).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .schema import CONTRASTS, SEG_LABELS
 log = logging.getLogger(__name__)
 
 AFFINE_ATOL = 1e-3
-__all__ = ["SubjectError", "LoadedSubject", "load_subject", "load_volume", "header_essentials"]
+__all__ = ["SubjectError", "LoadedSubject", "load_subject", "load_contrasts", "load_volume", "header_essentials"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +52,23 @@ def header_essentials(img) -> dict:
 def load_volume(path: Path, sid: str | None = None) -> tuple[np.ndarray, np.ndarray, object]:
     """One NIfTI file -> ``(data (X, Y, Z) float32, affine (4, 4), image)``; raise :class:`SubjectError`."""
     path = Path(path)
+    if not path.is_file():
+        raise SubjectError(f"{path}: no such file; check the path (expected a .nii or .nii.gz volume)",
+                           sid=sid, file=path)
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise TypeError(f"a {type(img).__name__}, not a NIfTI image")
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
-            pass  # trailing singleton: squeezed below
-        elif len(shape) != 3:
+        shape = tuple(int(s) for s in img.shape)
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]  # trailing singleton axes: squeezed
+        if len(shape) != 3:
             raise SubjectError(
-                f"{path}: shape {shape} is not a 3D volume (a 4D series?); export one 3D volume per "
-                f"contrast (e.g. fslroi/nibabel slicing) and re-run",
+                f"{path}: shape {tuple(img.shape)} is not a 3D volume (a 4D series?); export one 3D volume "
+                f"per contrast (e.g. fslroi/nibabel slicing, or nibabel's four_to_three) and re-run",
                 sid=sid, file=path,
             )
-        data = np.asanyarray(img.dataobj).astype(np.float32, copy=False)
+        data = np.asanyarray(img.dataobj).astype(np.float32, copy=False).reshape(shape)
     except SubjectError:
         raise
     except Exception as e:  # nibabel raises many types for corrupt/truncated/non-NIfTI files
@@ -71,8 +77,6 @@ def load_volume(path: Path, sid: str | None = None) -> tuple[np.ndarray, np.ndar
             f"a NIfTI file: re-download or re-export it",
             sid=sid, file=path,
         ) from e
-    if data.ndim == 4:
-        data = data[..., 0]
     if not np.isfinite(data).all():
         n = int((~np.isfinite(data)).sum())
         raise SubjectError(
@@ -80,28 +84,41 @@ def load_volume(path: Path, sid: str | None = None) -> tuple[np.ndarray, np.ndar
             f"numpy.nan_to_num) and re-run",
             sid=sid, file=path,
         )
-    return data, np.asarray(img.affine, dtype=np.float64), img
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise SubjectError(f"{path}: the affine is not finite; fix the NIfTI header (qform/sform) and re-run",
+                           sid=sid, file=path)
+    return data, affine, img
 
 
-def load_subject(files: SubjectFiles) -> LoadedSubject:
-    """Load and validate the four contrasts (and seg, when present) of one subject."""
-    sid = files.sid
-    vols, ref_affine, ref_path, header = [], None, None, None
-    for c in CONTRASTS:
-        path = files.paths[c]
+def load_contrasts(paths: dict, sid: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, object]]:
+    """``{contrast: path}`` -> ``{contrast: (data (X, Y, Z) float32, affine (4, 4), image)}`` in the given
+    order, validated: each readable, 3D, finite, not all zero, all on the first one's grid."""
+    out: dict = {}
+    ref_path = ref_shape = ref_affine = None
+    for c, path in paths.items():
         data, affine, img = load_volume(path, sid)
-        if ref_affine is None:
-            ref_affine, ref_path, header = affine, path, header_essentials(img)
+        if ref_path is None:
+            ref_path, ref_shape, ref_affine = path, data.shape, affine
         else:
-            _check_same_grid(sid, path, data.shape, affine, ref_path, vols[0].shape, ref_affine)
+            _check_same_grid(sid, path, data.shape, affine, ref_path, ref_shape, ref_affine)
         if not data.any():
             raise SubjectError(
                 f"{path}: every voxel is 0 (empty {c} volume); replace the file with a valid export "
                 f"or remove subject {sid}",
                 sid=sid, file=path,
             )
-        vols.append(data)
-    volumes = np.stack(vols)
+        out[c] = (data, affine, img)
+    return out
+
+
+def load_subject(files: SubjectFiles) -> LoadedSubject:
+    """Load and validate the four contrasts (and seg, when present) of one subject."""
+    sid = files.sid
+    loaded = load_contrasts({c: files.paths[c] for c in CONTRASTS}, sid)
+    _, ref_affine, img0 = loaded[CONTRASTS[0]]
+    ref_path, header = files.paths[CONTRASTS[0]], header_essentials(img0)
+    volumes = np.stack([loaded[c][0] for c in CONTRASTS])
     seg = None
     if files.seg is not None:
         data, affine, _ = load_volume(files.seg, sid)

@@ -1,13 +1,13 @@
 """The torch-free synthesizer: an exported ``.onnx`` + onnxruntime + numpy.
 
-Imports only numpy, onnxruntime and numpy-only cclray modules (``data_prep.schema``,
-``data_prep.preprocess``, ``cclray.windows``, ``export.card``): an inference host needs
+Imports only numpy, onnxruntime and numpy-only modules of this project (``data_prep.schema``,
+``data_prep.preprocess``, ``export.windows``, ``export.card``): an inference host needs
 ``pip install cclray[runtime]`` (or ``[runtime-gpu]``, ``[runtime-openvino]``), never torch or Ray.
 
 Pipeline (the training-time recipe, read from the model card): brain mask = voxels where any input
 contrast is non-zero -> crop to its bounding box plus the card's margin -> per contrast clip to the
 card's percentiles and z-score inside the mask (:mod:`data_prep.preprocess`) -> Gaussian-blended
-sliding windows of the training patch size (:mod:`cclray.windows`) -> mask, uncrop onto the
+sliding windows of the training patch size (:mod:`export.windows`) -> mask, uncrop onto the
 original grid (background 0). Outputs are in the **z-scored units of the training targets**
 (per-subject z-score inside the brain), not scanner intensities: the targets' own scaling is
 unknown at inference. (Training masks are the union over all four contrasts; here only the inputs
@@ -22,12 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from cclray.windows import sliding_window
 from data_prep import preprocess
 from data_prep.schema import canonical_contrast
 
 from .card import ModelCard, card_from_metadata
 from .runtime_io import InputError, check_external_data
+from .windows import sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class OnnxSynthesizer:
 
     def windows(self, shape, overlap: float | None = None) -> int:
         """Number of windows a volume of raw ``shape`` (upper bound: before cropping) needs."""
-        from cclray.windows import count_windows
+        from .windows import count_windows
 
         ov = self.card.overlap if overlap is None else overlap
         return count_windows(shape, self.card.patch_size, ov, self.card.stride)

@@ -1,27 +1,28 @@
-"""NIfTI in and out for the ONNX runtime: read and validate, find BraTS subjects, write results.
+"""NIfTI in and out for the ONNX runtime: find BraTS subjects, read and validate, write results.
 
-Imports only numpy, nibabel and numpy-only cclray modules (no torch, no Ray, no zarr, no scipy):
-an inference host installs ``cclray[runtime]``. Every error names the file and the fix.
+Finding subjects and reading NIfTI are :mod:`data_prep.discover` and :mod:`data_prep.nifti`, the same
+rules as ``cclray prep`` (asked for the model's input contrasts only), so ``cclray prep DIR`` and
+``cclray synthesize --cohort DIR`` accept the same folders. Imports only numpy, nibabel and torch-free
+modules of this project (no torch, no Ray, no zarr, no scipy): an inference host installs
+``cclray[runtime]``. Every error names the file and the fix.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.schema import NAMINGS, Naming, canonical_contrast, safe_subject_id
+from data_prep.discover import InputError, SubjectError, find_subjects, nifti_stem, parse_stem, subject_from_folder
+from data_prep.nifti import load_contrasts
+from data_prep.schema import NAMINGS, Naming, canonical_contrast
 
 log = logging.getLogger(__name__)
 
-AFFINE_ATOL = 1e-3  # mm; BraTS contrasts share one grid, float32 headers differ by rounding only
-
-
-class InputError(ValueError):
-    """An input volume or folder is unusable; the message names the file and the fix."""
+__all__ = ["InputError", "Volume", "SubjectInputs", "load_inputs", "subject_inputs", "cohort_inputs",
+           "files_subject", "output_paths", "write_outputs", "check_external_data"]
 
 
 @dataclass
@@ -43,103 +44,40 @@ class SubjectInputs:
     files: dict = field(default_factory=dict)  # canonical contrast -> path
 
 
-def load_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D NIfTI as float32 ``(X, Y, Z)``; refuse missing, non-NIfTI, 4D and non-finite files."""
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file; check the path (expected a .nii or .nii.gz volume)")
-    try:
-        img = nib.load(str(path))
-    except Exception as e:
-        raise InputError(f"{path}: not a readable NIfTI ({type(e).__name__}: {e}); pass a .nii/.nii.gz volume") from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise InputError(f"{path}: image has shape {tuple(img.shape)} ({len(img.shape)}D); pass one 3D volume "
-                         f"per contrast (split a 4D series, e.g. with nibabel's four_to_three or fslsplit)")
-    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise InputError(f"{path}: {bad} voxels are NaN or infinite; replace them (e.g. with 0, "
-                         f"numpy.nan_to_num) before synthesis")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)):
-        raise InputError(f"{path}: the affine is not finite; fix the NIfTI header (qform/sform)")
-    return Volume(data, affine, img.header, str(path))
+def load_inputs(files: dict[str, str | os.PathLike], sid: str | None = None) -> dict[str, Volume]:
+    """``{contrast: path}`` -> ``{canonical contrast: Volume}``, validated by :func:`data_prep.nifti.load_contrasts`
+    (readable 3D NIfTI, finite, not all zero, one grid)."""
+    paths = {canonical_contrast(c): Path(p) for c, p in files.items()}
+    loaded = load_contrasts(paths, sid)
+    return {c: Volume(data, affine, img.header, str(paths[c])) for c, (data, affine, img) in loaded.items()}
 
 
-def check_consistent(volumes: dict[str, Volume]) -> None:
-    """Refuse inputs on different grids or with an empty brain (all zero), naming the files."""
-    items = list(volumes.items())
-    c0, v0 = items[0]
-    for c, v in items[1:]:
-        if v.data.shape != v0.data.shape:
-            raise InputError(f"{v.path} ({c}) has shape {v.data.shape} but {v0.path} ({c0}) has "
-                             f"{v0.data.shape}: inputs must be co-registered on one grid (resample first)")
-        if not np.allclose(v.affine, v0.affine, atol=AFFINE_ATOL):
-            raise InputError(f"{v.path} ({c}) and {v0.path} ({c0}) have different affines "
-                             f"(max diff {np.abs(v.affine - v0.affine).max():.3g}): inputs must be "
-                             f"co-registered on one grid (register/resample first)")
-    if not any(np.any(v.data != 0) for v in volumes.values()):
-        raise InputError(f"every voxel of {', '.join(v.path for v in volumes.values())} is 0: empty brain; "
-                         f"pass skull-stripped volumes with the brain non-zero")
-
-
-def load_inputs(files: dict[str, str | os.PathLike]) -> dict[str, Volume]:
-    """``{contrast: path}`` -> ``{canonical contrast: Volume}``, validated to share one grid."""
-    volumes = {canonical_contrast(c): load_volume(p) for c, p in files.items()}
-    check_consistent(volumes)
-    return volumes
-
-
-def detect_naming(name: str) -> Naming | None:
-    """The BraTS naming whose subject pattern matches a folder name (or None)."""
-    return next((n for n in NAMINGS.values() if re.match(n.subject_pattern, name)), None)
+def _subject(found) -> SubjectInputs:
+    return SubjectInputs(found.sid, NAMINGS[found.naming], {c: str(p) for c, p in found.paths.items()})
 
 
 def subject_inputs(folder: str | os.PathLike, contrasts) -> SubjectInputs:
     """Input files of one BraTS subject folder (2021 ``<sid>_t1ce.nii.gz`` or 2023 ``<sid>-t1c.nii.gz``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder; pass a BraTS subject folder (e.g. BraTS-GLI-00000-000/)")
-    sid = safe_subject_id(folder.name, folder)
-    namings = [detect_naming(sid)] if detect_naming(sid) else list(NAMINGS.values())
-    for naming in namings:
-        files = {c: folder / naming.filename(sid, c) for c in contrasts}
-        if all(p.is_file() for p in files.values()):
-            return SubjectInputs(sid, naming, {c: str(p) for c, p in files.items()})
-    wanted = [str(folder / n.filename(sid, c)) for n in namings for c in contrasts
-              if not (folder / n.filename(sid, c)).is_file()]
-    raise InputError(f"{folder}: missing input file(s) {wanted}; name them like BraTS 2023 "
-                     f"(<sid>-t1c.nii.gz, <sid>-t2f.nii.gz) or BraTS 2021 (<sid>_t1ce.nii.gz, <sid>_flair.nii.gz)")
+    return _subject(subject_from_folder(Path(folder), tuple(canonical_contrast(c) for c in contrasts)))
 
 
-def cohort_inputs(root: str | os.PathLike, contrasts) -> list[SubjectInputs]:
-    """Every BraTS subject folder directly under ``root`` (sorted), validated for its input files."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; pass the folder holding the BraTS subject folders")
-    subjects = [subject_inputs(d, contrasts) for d in sorted(root.iterdir())
-                if d.is_dir() and detect_naming(d.name)]
-    if not subjects:
-        raise InputError(f"{root}: no BraTS subject folders (BraTS2021_XXXXX or BraTS-GLI-XXXXX-YYY) inside; "
-                         f"use --subject for a single folder or --t1c/--flair for files")
-    return subjects
+def cohort_inputs(root: str | os.PathLike, contrasts) -> tuple[list[SubjectInputs], list[SubjectError]]:
+    """Every BraTS subject under ``root`` holding ``contrasts`` (the folders ``cclray prep`` finds), and
+    the unusable ones as :class:`SubjectError` (naming the file and the fix)."""
+    found = find_subjects(root, tuple(canonical_contrast(c) for c in contrasts))
+    return [_subject(s) for s in found.subjects], list(found.failed)
 
 
 def files_subject(files: dict[str, str]) -> tuple[str, Naming]:
     """Subject id and naming for loose input files: parsed from a BraTS file name, else the file stem."""
     for c, p in files.items():
-        name = Path(p).name
+        stem = nifti_stem(Path(p))
         for naming in NAMINGS.values():
-            suffix = f"{naming.sep}{naming.suffixes[canonical_contrast(c)]}.nii.gz"
-            if name.endswith(suffix) and len(name) > len(suffix):
-                return name[: -len(suffix)], naming
-    stem = re.sub(r"\.nii(\.gz)?$", "", Path(next(iter(files.values()))).name)
-    return stem, NAMINGS["brats2023"]
+            parsed = parse_stem(stem, naming) if stem else None
+            if parsed and parsed[0] and parsed[1] == canonical_contrast(c):
+                return parsed[0], naming
+    first = Path(next(iter(files.values())))
+    return nifti_stem(first) or first.name, NAMINGS["brats2023"]
 
 
 def output_paths(out_dir: str | os.PathLike, sid: str, naming: Naming, targets) -> dict[str, Path]:

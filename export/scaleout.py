@@ -57,38 +57,41 @@ class SubjectResult:
 
 
 # ------------------------------------------------------------------------------------ the cohort
-def cohort_jobs(cohort: str, contrasts) -> list[SubjectJob]:
-    """Every BraTS subject folder directly under ``cohort`` (a folder or a URL), with its input files.
+def cohort_jobs(cohort: str, contrasts) -> tuple[list[SubjectJob], list]:
+    """``(jobs, unusable)``: every BraTS subject of ``cohort`` (a folder or a URL) with its input files, and
+    the unusable subjects as :class:`data_prep.discover.SubjectError` (naming the file and the fix).
 
-    Local folders go through :func:`export.runtime_io.cohort_inputs` (and its checks); on object
-    storage the folder names and file names follow the same namings, and a subject missing a file
-    is refused up front, naming the file."""
+    Subjects are found by :mod:`data_prep.discover` (the rules of ``cclray prep``: ids from the file names,
+    both namings, the model's input contrasts required): in a local folder at any depth, on object storage
+    in the folders directly under the URL (a listing per folder)."""
+    from data_prep.discover import SubjectError, subject_from_folder
     from export import runtime_io as rio
 
     check_bucket(cohort)
-    if not is_local(location(cohort)):
-        from data_prep.schema import safe_subject_id
-
-        root = location(cohort)
-        if not root.is_dir():
-            raise rio.InputError(f"{cohort}: no such folder (prefix) on object storage; pass the URL of the "
-                                 f"folder holding the BraTS subject folders")
-        jobs = []
-        for d in sorted(root.iterdir(), key=lambda p: p.name):
-            naming = rio.detect_naming(d.name)
-            if naming is None or not d.is_dir():
-                continue
-            sid = safe_subject_id(d.name, str(d))
-            files = {c: d / naming.filename(sid, c) for c in contrasts}
-            missing = [str(p) for p in files.values() if not p.exists()]
-            if missing:
-                raise rio.InputError(f"{d}: missing input file(s) {missing}; name them like BraTS 2023 "
-                                     f"(<sid>-t1c.nii.gz, <sid>-t2f.nii.gz) or BraTS 2021 (<sid>_t1ce.nii.gz, ...)")
-            jobs.append(SubjectJob(sid, naming.name, {c: str(p) for c, p in files.items()}))
-        if not jobs:
-            raise rio.InputError(f"{cohort}: no BraTS subject folders (BraTS2021_XXXXX or BraTS-GLI-XXXXX-YYY) inside")
-        return jobs
-    return [SubjectJob(s.sid, s.naming.name, dict(s.files)) for s in rio.cohort_inputs(cohort, contrasts)]
+    contrasts = tuple(contrasts)
+    if is_local(location(cohort)):
+        subjects, unusable = rio.cohort_inputs(cohort, contrasts)
+        return [SubjectJob(s.sid, s.naming.name, dict(s.files)) for s in subjects], unusable
+    root = location(cohort)
+    if not root.is_dir():
+        raise rio.InputError(f"{cohort}: no such folder (prefix) on object storage; pass the URL of the "
+                             f"folder holding the BraTS subject folders")
+    jobs, unusable = [], []
+    for d in sorted(root.iterdir(), key=lambda p: p.name):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            s = subject_from_folder(d, contrasts)
+        except SubjectError as e:
+            unusable.append(e)
+            continue
+        except ValueError as e:  # an unsafe subject id
+            unusable.append(SubjectError(str(e), sid=d.name, file=str(d)))
+            continue
+        jobs.append(SubjectJob(s.sid, s.naming, {c: str(p) for c, p in s.paths.items()}))
+    if not jobs and not unusable:
+        raise rio.InputError(f"{cohort}: no BraTS subject folders (holding BraTS-named .nii.gz files) inside")
+    return jobs, unusable
 
 
 def _naming(name: str):

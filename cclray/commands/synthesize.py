@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _jobs(args, contrasts):
-    """[(sid, naming, {contrast: path})] for the chosen input mode."""
+    """``([(sid, naming, {contrast: path})], [unusable subjects of a cohort])`` for the chosen input mode."""
     from export import runtime_io as rio
 
     modes = [m for m in ("files", "subject", "cohort")
@@ -45,9 +45,12 @@ def _jobs(args, contrasts):
                                  f"(or use --subject DIR)")
         files = {c: given[c] for c in contrasts}
         sid, naming = rio.files_subject(files)
-        return [(sid, naming, files)]
-    subjects = [rio.subject_inputs(args.subject, contrasts)] if args.subject else rio.cohort_inputs(args.cohort, contrasts)
-    return [(s.sid, s.naming, s.files) for s in subjects]
+        return [(sid, naming, files)], []
+    if args.subject:
+        s = rio.subject_inputs(args.subject, contrasts)
+        return [(s.sid, s.naming, s.files)], []
+    subjects, failed = rio.cohort_inputs(args.cohort, contrasts)
+    return [(s.sid, s.naming, s.files) for s in subjects], failed
 
 
 def _run_cohort(args, synth) -> int:
@@ -56,12 +59,13 @@ def _run_cohort(args, synth) -> int:
 
     from tqdm import tqdm
 
+    from data_prep.objstore import check_bucket
     from export import scaleout
 
-    from data_prep.objstore import check_bucket
-
     check_bucket(args.out)
-    jobs = scaleout.cohort_jobs(args.cohort, synth.card.inputs)
+    jobs, unusable = scaleout.cohort_jobs(args.cohort, synth.card.inputs)
+    for e in unusable:  # a cohort's unusable subjects are reported and skipped, as `cclray prep` skips them
+        print(f"error: {e.sid}: {e}", file=sys.stderr)
     threads = args.threads or (1 if args.ray is not None else None)
     bar = tqdm(total=len(jobs), desc="subjects", unit="subj")
 
@@ -83,9 +87,9 @@ def _run_cohort(args, synth) -> int:
                                       provider=args.provider, overlap=args.overlap, batch_size=args.batch,
                                       on_result=report)
     bar.close()
-    failed = [r for r in results if not r.ok]
+    failed = [r.sid for r in results if not r.ok] + [e.sid for e in unusable]
     if failed:
-        print(f"{len(failed)} of {len(jobs)} subject(s) failed: {', '.join(r.sid for r in failed)} (errors above); "
+        print(f"{len(failed)} of {len(jobs) + len(unusable)} subject(s) failed: {', '.join(failed)} (errors above); "
               f"the others were written", file=sys.stderr)
         return 1
     print(f"{len(jobs)} subject(s) written to {args.out}")
@@ -109,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             raise rio.InputError("--ray spreads a --cohort over a cluster: pass --cohort DIR_OR_URL")
         synth = OnnxSynthesizer(args.model, provider=args.provider, threads=args.threads)
         card = synth.card
-        jobs = [] if scaled else _jobs(args, card.inputs)
+        jobs, unusable = ([], []) if scaled else _jobs(args, card.inputs)
     except (rio.InputError, CardError, RuntimeSetupError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -121,11 +125,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     cohort = len(jobs) > 1 or bool(args.cohort)
-    failed = 0
+    for e in unusable:  # a cohort's unusable subjects are skipped, as `cclray prep` skips them
+        print(f"error: {e.sid}: {e}", file=sys.stderr)
+    failed = len(unusable)
     for sid, naming, files in tqdm(jobs, desc="subjects", unit="subj", disable=not cohort):
         t0 = time.perf_counter()
         try:
-            vols = rio.load_inputs(files)
+            vols = rio.load_inputs(files, sid)
             out = synth.synthesize({c: v.data for c, v in vols.items()}, {c: v.affine for c, v in vols.items()},
                                    overlap=args.overlap, batch_size=args.batch or DEFAULT_BATCH)
             written = rio.write_outputs(out, vols[card.inputs[0]], rio.output_paths(args.out, sid, naming, card.targets))
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         msg = f"{sid}: wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s, {synth.provider})"
         tqdm.write(msg) if cohort else print(msg)
     if failed:
-        print(f"{failed} of {len(jobs)} subject(s) failed (see errors above); the others were written",
+        print(f"{failed} of {len(jobs) + len(unusable)} subject(s) failed (see errors above); the others were written",
               file=sys.stderr)
         return 1
     return 0

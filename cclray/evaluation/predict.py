@@ -1,6 +1,6 @@
 """Whole-volume synthesis of one stored subject with a torch synthesizer.
 
-The windows, padding and Gaussian blending are :func:`cclray.windows.sliding_window` (numpy, shared
+The windows, padding and Gaussian blending are :func:`export.windows.sliding_window` (numpy, shared
 with the ONNX runtime); this module only supplies the torch ``predict`` callable (``no_grad``,
 autocast on CUDA) and reads the subject's inputs from the store.
 """
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from cclray.models import to_channels_last
-from cclray.windows import sliding_window
 from data_prep.schema import channel_index
+from export.windows import sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def predict_subject(model: torch.nn.Module, store, sid: str, inputs: Sequence[st
         model: maps ``(B, len(inputs), p, p, p)`` to ``(B, T, p, p, p)``; put in eval mode here.
         store: a :class:`data_prep.store.Store`.
         inputs: input contrasts in the model's channel order (canonical names or aliases).
-        patch_size, overlap, batch: the sliding window's (see :func:`cclray.windows.sliding_window`).
+        patch_size, overlap, batch: the sliding window's (see :func:`export.windows.sliding_window`).
         stride: the network's total stride (patch and padding are multiples of it).
         image, mask: the subject's ``(4, X, Y, Z)`` image and ``(X, Y, Z)`` mask when already read.
         progress: called with the number of windows just finished.

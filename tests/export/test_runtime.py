@@ -136,11 +136,11 @@ def _nan(vols):
 BAD = [
     ("shapes", lambda v: {**v, "flair": (v["flair"][0][:, :, :-2], AFFINE)}, r"t2f\.nii\.gz.*shape.*resample"),
     ("affines", lambda v: {**v, "flair": (v["flair"][0], AFFINE + np.diag([0, 0, 0.5, 0]))},
-     r"t2f\.nii\.gz.*different affines.*register"),
-    ("4d", lambda v: {**v, "t1gd": (np.stack([v["t1gd"][0]] * 2, -1), AFFINE)}, r"t1c\.nii\.gz.*4D.*3D volume"),
+     r"t2f\.nii\.gz.*affine differs.*co-register"),
+    ("4d", lambda v: {**v, "t1gd": (np.stack([v["t1gd"][0]] * 2, -1), AFFINE)}, r"t1c\.nii\.gz.*not a 3D volume.*4D"),
     ("nan", lambda v: {**v, "flair": (_nan({"flair": v["flair"][0]})["flair"], AFFINE)},
      r"t2f\.nii\.gz.*NaN.*nan_to_num"),
-    ("empty", lambda v: {c: (np.zeros_like(a), aff) for c, (a, aff) in v.items()}, r"empty brain.*skull-stripped"),
+    ("empty", lambda v: {c: (np.zeros_like(a), aff) for c, (a, aff) in v.items()}, r"t1c\.nii\.gz.*every voxel is 0"),
     ("missing", lambda v: {"t1gd": v["t1gd"]}, r"t2f\.nii\.gz.*missing|missing.*t2f\.nii\.gz"),
 ]
 
@@ -168,6 +168,26 @@ def test_missing_file_in_files_mode(model_path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "nope-t1c.nii.gz: no such file; check the path" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cohort_accepts_what_prep_accepts(tmp_path):
+    """`synthesize --cohort` finds subjects with data_prep.discover, as `cclray prep` does: nested folders,
+    both namings, ids from the file names; a subject without a model input is reported, the rest kept."""
+    from data_prep.discover import find_subjects
+    from export.runtime_io import cohort_inputs
+
+    vols = brain((16, 16, 16))
+    write_subject(tmp_path / "site-a" / "train", "BraTS2021_00001", "brats2021", {**vols, "t1w": vols["t1gd"],
+                                                                                  "t2w": vols["flair"]})
+    write_subject(tmp_path / "site-b", "BraTS-GLI-00002-000", "brats2023", {**vols, "t1w": vols["t1gd"],
+                                                                           "t2w": vols["flair"]})
+    write_subject(tmp_path, "BraTS-GLI-00003-000", "brats2023", {"t1gd": vols["t1gd"]})  # no FLAIR
+    subjects, failed = cohort_inputs(tmp_path, ["t1c", "flair"])
+    assert [s.sid for s in subjects] == [s.sid for s in find_subjects(tmp_path).subjects] \
+        == ["BraTS-GLI-00002-000", "BraTS2021_00001"]
+    assert [s.naming.name for s in subjects] == ["brats2023", "brats2021"]
+    assert set(subjects[0].files) == {"t1gd", "flair"}
+    assert len(failed) == 1 and "BraTS-GLI-00003-000-t2f.nii.gz" in str(failed[0])
 
 
 def test_array_api_and_providers(model_path):
@@ -221,7 +241,7 @@ def test_load_inputs_reports_mismatch_with_file_names(tmp_path):
     a, b = tmp_path / "a-t1c.nii.gz", tmp_path / "b-t2f.nii.gz"
     nib.save(nib.Nifti1Image(vols["t1gd"], AFFINE), str(a))
     nib.save(nib.Nifti1Image(vols["flair"][:-1], AFFINE), str(b))
-    with pytest.raises(InputError, match=r"b-t2f\.nii\.gz \(flair\) has shape .*/a-t1c\.nii\.gz"):
+    with pytest.raises(InputError, match=r"b-t2f\.nii\.gz: shape .* differs from a-t1c\.nii\.gz"):
         load_inputs({"t1c": a, "flair": b})
 
 

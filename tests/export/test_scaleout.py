@@ -51,8 +51,8 @@ def _cohort(root: Path, n_good: int = 3, bad: bool = True) -> Path:
 
 def test_a_bad_subject_is_reported_and_writes_nothing(model_path, tmp_path):
     synth = OnnxSynthesizer(model_path[0], provider="cpu")
-    jobs = scaleout.cohort_jobs(str(_cohort(tmp_path / "cohort", n_good=1)), synth.card.inputs)
-    assert [j.sid for j in jobs] == ["BraTS-GLI-00000-000", "BraTS-GLI-00099-000"]
+    jobs, unusable = scaleout.cohort_jobs(str(_cohort(tmp_path / "cohort", n_good=1)), synth.card.inputs)
+    assert [j.sid for j in jobs] == ["BraTS-GLI-00000-000", "BraTS-GLI-00099-000"] and unusable == []
     good, bad = (scaleout.synthesize_subject(synth, j, str(tmp_path / "out")) for j in jobs)
     assert good.ok and len(good.written) == 2 and all(Path(f).is_file() for f in good.written)
     assert not bad.ok and "NaN" in bad.error and bad.written == []
@@ -85,8 +85,9 @@ def test_missing_input_file_in_an_s3_cohort_names_it(model_path, s3_server, s3_b
     client = s3_server.client()
     client.put_object(Bucket=s3_bucket[5:], Key="c/BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1c.nii.gz", Body=b"x")
     assert cli(["synthesize", "--model", str(model_path[0]), "--cohort", f"{s3_bucket}/c",
-                "--out", str(tmp_path / "o"), "--provider", "cpu"]) == 2
-    assert "BraTS-GLI-00001-000-t2f.nii.gz" in capsys.readouterr().err
+                "--out", str(tmp_path / "o"), "--provider", "cpu"]) == 1  # reported and skipped, as prep does
+    err = capsys.readouterr().err
+    assert "cclray synthesize: error: BraTS-GLI-00001-000: " in err and "BraTS-GLI-00001-000-t2f.nii.gz" in err
 
 
 CLUSTER = r'''
@@ -105,7 +106,7 @@ cluster.add_node(num_cpus=1)
 ray.init(address=cluster.address, log_to_driver=False)
 cluster.wait_for_nodes()
 card = OnnxSynthesizer(model, provider="cpu").card
-jobs = scaleout.cohort_jobs(cohort, card.inputs)
+jobs, _ = scaleout.cohort_jobs(cohort, card.inputs)
 first = threading.Event()
 results = []
 

@@ -1,11 +1,11 @@
-"""cclray.windows: padding, tiling, Gaussian blending (numpy only)."""
+"""export.windows: padding, tiling, Gaussian blending (numpy only)."""
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from cclray.windows import count_windows, gaussian_importance, sliding_window, window_starts
+from export.windows import count_windows, gaussian_importance, sliding_window, window_starts
 
 
 def _identity(x):
@@ -84,6 +84,6 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_imports_only_numpy():
-    code = ("import sys, cclray.windows; bad = {'torch', 'ray', 'scipy', 'zarr'} & set(sys.modules); "
+    code = ("import sys, export.windows; bad = {'torch', 'ray', 'scipy', 'zarr'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

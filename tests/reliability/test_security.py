@@ -1,5 +1,5 @@
-"""Security: checkpoints load with ``weights_only=True``; subject ids taken from file or folder names
-cannot leave the store or the output folder. Pickled checkpoints and ONNX external data that
+"""Security: checkpoints load with ``weights_only=True``; subject ids taken from file names cannot
+leave the store or the output folder. Pickled checkpoints and ONNX external data that
 leaves the model's folder are cases of tests/reliability/test_bad_inputs.py (see also
 tests/export/test_runtime.py::test_external_data_outside_the_model_folder_is_refused)."""
 from __future__ import annotations
@@ -37,13 +37,22 @@ def test_unsafe_ids_from_file_names_never_reach_the_store(tmp_path, prefix):
 
 
 @pytest.mark.parametrize("name", UNSAFE)
-def test_unsafe_ids_from_folder_names_never_name_an_output(tmp_path, name):
+def test_unsafe_ids_never_name_a_runtime_output(tmp_path, name):
+    """The runtime finds subjects as prep does (data_prep.discover): the id is the files' prefix, an unsafe
+    one is refused, and a folder's own name never names an output."""
     from export.runtime_io import subject_inputs
 
-    folder = tmp_path / name
-    folder.mkdir(exist_ok=True)  # ".." exists already
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for suffix in ("t1c", "t2f"):
+        (bad / f"{name}-{suffix}.nii.gz").write_bytes(b"")
     with pytest.raises(ValueError, match="not a safe store name"):
-        subject_inputs(folder, ["t1gd", "flair"])
+        subject_inputs(bad, ["t1gd", "flair"])
+    folder = tmp_path / f"x{name}"  # an unsafe folder name around safely named files
+    folder.mkdir()
+    for suffix in ("t1c", "t2f"):
+        (folder / f"BraTS-GLI-00001-000-{suffix}.nii.gz").write_bytes(b"")
+    assert subject_inputs(folder, ["t1gd", "flair"]).sid == "BraTS-GLI-00001-000"
 
 
 @pytest.mark.parametrize("sid", ["..", "../evil", "a/../../evil"])
