@@ -179,12 +179,9 @@ def prepare_cohort(cfg: DemoConfig, nifti: Path, store: str, step: "Steps", firs
 
 def trained(run: Path) -> bool:
     """Whether ``run`` holds a finished-or-resumable training run with a checkpoint."""
-    from cclray.runs import find_checkpoint
+    from cclray.runs import CONFIG_FILE, latest_intact_checkpoint
 
-    try:
-        return (run / "config.json").exists() and bool(find_checkpoint(run, "latest"))
-    except Exception:
-        return False
+    return (run / CONFIG_FILE).exists() and latest_intact_checkpoint(run) is not None
 
 
 def train_and_evaluate(cfg: DemoConfig, store: str, run_root: Path, eval_dir: Path, step: "Steps",

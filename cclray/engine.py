@@ -1,7 +1,9 @@
 """The epoch loop both stages share, and the context that hides where it runs.
 
 ``engine_pretrain`` / ``engine_finetune`` build their model, data, loss and validation as a
-:class:`Stage` and call :func:`run_stage`. Where it runs is a :class:`TrainContext`: rank, world
+:class:`Stage` and call :func:`run_stage`, which is cut at its seams: :func:`train_one_epoch` (the
+optimizer steps of one pass over the loader, with :class:`Optim`) and :func:`save_and_report` (a
+checkpoint handed to the context). Where it runs is a :class:`TrainContext`: rank, world
 size, device, model wrapping (DDP under Ray), reporting/checkpointing and resuming.
 :class:`LocalContext` is world size 1 without Ray (tests, debugging); ``cclray.train.RayContext`` is
 the Ray Train one. Nothing here imports Ray or ``torch.distributed``.
@@ -165,41 +167,115 @@ def autocast_settings(cfg, device: torch.device) -> tuple[torch.dtype, bool]:
     return torch.float32, False
 
 
-def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
-    """Train ``stage`` for ``cfg.epochs`` epochs (resuming when ``ctx`` has a checkpoint).
+@dataclass
+class Optim:
+    """What one optimizer step needs beside the model: optimizer, epoch-level scheduler, GradScaler and
+    the autocast settings (:func:`autocast_settings`)."""
 
-    Returns the last epoch's metrics plus ``{"start_epoch", "start_step", "init"}``.
-    """
-    raw, device = stage.model, ctx.device
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype
+    use_autocast: bool
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg, device: torch.device) -> "Optim":
+        dtype, enabled = autocast_settings(cfg, device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = make_scheduler(opt, cfg)
+        scaler = torch.amp.GradScaler(device.type, enabled=enabled and dtype == torch.float16)
+        return cls(opt, sched, scaler, dtype, enabled)
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def state_dicts(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dicts(self, ckpt: dict) -> None:
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: Callable[[nn.Module, dict], torch.Tensor], optim: Optim,
+                    grad_clip: float, device: torch.device) -> tuple[list[float], set[str]]:
+    """One pass over ``loader``: a step a batch. Returns the batches' losses and the subjects seen."""
+    model.train()
+    losses, sids = [], set()
+    for batch in loader:
+        sids.update(batch["sid"])
+        batch = to_device(batch, device)
+        with torch.autocast(device_type=device.type, dtype=optim.autocast_dtype, enabled=optim.use_autocast):
+            loss = loss_fn(model, batch)
+        optim.opt.zero_grad(set_to_none=True)
+        optim.scaler.scale(loss).backward()
+        if grad_clip > 0:
+            optim.scaler.unscale_(optim.opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optim.scaler.step(optim.opt)
+        optim.scaler.update()
+        losses.append(float(loss.detach()))
+    return losses, sids
+
+
+def save_and_report(ctx: TrainContext, cfg, stage_name: str, raw: nn.Module, optim: Optim, metrics: dict,
+                    rngs: list) -> None:
+    """Rank 0: write the epoch's checkpoint (model, optimizer state, every rank's RNG ``rngs``) to a
+    temporary folder and hand it to ``ctx.report``, which installs it as ``RUN/checkpoint_e*_s*``."""
+    done, step = int(metrics["epoch"]), int(metrics["step"])
+    tmp = tempfile.mkdtemp(prefix="cclray-ckpt-")
+    try:
+        state = {"model": raw.state_dict(), **optim.state_dicts(), "step": step, "epoch": done, "rng": rngs}
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        save_checkpoint(tmp, state, cfg, stage_name, meta={"metrics": scalars, "score": metrics["score"]})
+        ctx.report(metrics, checkpoint_dir=tmp, name=checkpoint_name(done, step), keep=cfg.keep_checkpoints)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start(cfg, ctx: TrainContext, stage: Stage, raw: nn.Module) -> tuple[dict | None, int, int, dict | None]:
+    """Resume from ``ctx``'s checkpoint (weights loaded into ``raw``) or initialise: returns
+    ``(checkpoint or None, start epoch, start step, what stage.init transferred)``."""
     ckpt = ctx.resume_checkpoint(stage.name)
-    init_info = None
     if ckpt is not None:
         raw.load_state_dict(ckpt["model"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         log.info("%s: resuming at epoch %d, step %d", stage.name, start_epoch, step)
+        return ckpt, start_epoch, step, None
+    return None, 0, 0, stage.init(raw) if stage.init is not None else None
+
+
+def _restore_rng(ckpt: dict, cfg, ctx: TrainContext, stage_name: str, start_epoch: int) -> None:
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == ctx.world_size:
+        set_rng_state(rngs[ctx.rank])
     else:
-        start_epoch, step = 0, 0
-        init_info = stage.init(raw) if stage.init is not None else None
+        log.warning("%s: checkpoint has RNG states of %d ranks, this run has %d: reseeding",
+                    stage_name, len(rngs), ctx.world_size)
+        seed_everything(rank_seed(cfg.seed + start_epoch, ctx.rank))
+
+
+def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
+    """Train ``stage`` for ``cfg.epochs`` epochs (resuming when ``ctx`` has a checkpoint).
+
+    Each epoch: :func:`train_one_epoch`, then (every rank) the gathered loss, validation, the lr
+    schedule and the metrics, then :func:`save_and_report` on checkpoint epochs (rank 0) or a plain
+    report. Returns the last epoch's metrics plus ``{"start_epoch", "start_step", "init"}``.
+    """
+    raw, device = stage.model, ctx.device
+    ckpt, start_epoch, step, init_info = _start(cfg, ctx, stage, raw)
     if cfg.channels_last:
         raw = to_channels_last(raw)  # before DDP: its gradient buckets follow the strides
     model = ctx.wrap_model(raw, find_unused_parameters=stage.find_unused_parameters)
     raw = unwrap(model)
-    autocast_dtype, use_autocast = autocast_settings(cfg, device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = make_scheduler(opt, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_autocast and autocast_dtype == torch.float16)
+    optim = Optim.build(model, cfg, device)
     seed_everything(rank_seed(cfg.seed, ctx.rank))
     if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == ctx.world_size:
-            set_rng_state(rngs[ctx.rank])
-        else:
-            log.warning("%s: checkpoint has RNG states of %d ranks, this run has %d: reseeding",
-                        stage.name, len(rngs), ctx.world_size)
-            seed_everything(rank_seed(cfg.seed + start_epoch, ctx.rank))
+        optim.load_state_dicts(ckpt)
+        _restore_rng(ckpt, cfg, ctx, stage.name, start_epoch)
     metrics_log = MetricsLog(ctx.run_dir) if ctx.is_main and ctx.run_dir is not None else None
     if metrics_log is not None:
         write_run_config(ctx.run_dir, stage.name, cfg)
@@ -211,66 +287,42 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
     val: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
-        model.train()
-        losses, sids = [], set()
         t0 = time.perf_counter()
-        for batch in loader:
-            sids.update(batch["sid"])
-            batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=use_autocast):
-                loss = stage.loss(model, batch)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            losses.append(float(loss.detach()))
+        losses, sids = train_one_epoch(model, loader, stage.loss, optim, cfg.grad_clip, device)
+        step += len(losses)
         train_s = time.perf_counter() - t0
         done = epoch + 1
-        last = done == cfg.epochs
-        save = last or done % cfg.checkpoint_every == 0
+        save = done == cfg.epochs or done % cfg.checkpoint_every == 0  # the last epoch is always saved
         mean_loss = _mean(ctx.gather(_mean(losses)))  # every rank takes the same number of steps
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{stage.name}: loss is {mean_loss} at epoch {done}: lower lr "
-                                     f"(now {opt.param_groups[0]['lr']:.2e}) or set grad_clip")
+                                     f"(now {optim.lr:.2e}) or set grad_clip")
         validated = stage.validate is not None and (save or done % getattr(cfg, "val_every", 1) == 0)
         if validated:
             val = stage.validate(raw)
         score = mean_loss if stage.validate is None else val.get("val_l1", float("nan"))
-        if not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step()  # cosine / constant: once an epoch
+        if not isinstance(optim.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            optim.sched.step()  # cosine / constant: once an epoch
         elif stage.validate is None or validated:
-            sched.step(score)
+            optim.sched.step(score)
         rank_sids = ctx.gather(sorted(sids))
         rank_checksums = ctx.gather(weight_checksum(raw))
         metrics = {
             "stage": stage.name, "epoch": done, "step": step, "loss": mean_loss, **val, "score": score,
-            "lr": opt.param_groups[0]["lr"], "steps_per_s": len(losses) / max(train_s, 1e-9),
+            "lr": optim.lr, "steps_per_s": len(losses) / max(train_s, 1e-9),
             "epoch_s": time.perf_counter() - t0, "time": time.time(),
             "weight_checksum": rank_checksums[ctx.rank], "rank_checksums": rank_checksums,
             "rank_sids": rank_sids,
         }
-        log.log(logging.INFO if ctx.is_main else logging.DEBUG, "%s epoch %d/%d step %d loss %.4f%s lr %.2e %.2f steps/s", stage.name, done, cfg.epochs,
-                 step, mean_loss, "".join(f" {k} {v:.4f}" for k, v in val.items()) if validated else "",
-                 metrics["lr"], metrics["steps_per_s"])
+        log.log(logging.INFO if ctx.is_main else logging.DEBUG, "%s epoch %d/%d step %d loss %.4f%s lr %.2e %.2f steps/s",
+                stage.name, done, cfg.epochs, step, mean_loss,
+                "".join(f" {k} {v:.4f}" for k, v in val.items()) if validated else "", metrics["lr"],
+                metrics["steps_per_s"])
         if metrics_log is not None:
             metrics_log.append(metrics)
         rngs = ctx.gather(rng_state()) if save else None
         if save and ctx.is_main:
-            tmp = tempfile.mkdtemp(prefix="cclray-ckpt-")
-            try:
-                state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "epoch": done, "rng": rngs}
-                scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-                save_checkpoint(tmp, state, cfg, stage.name, meta={"metrics": scalars, "score": score})
-                ctx.report(metrics, checkpoint_dir=tmp, name=checkpoint_name(done, step),
-                           keep=cfg.keep_checkpoints)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            save_and_report(ctx, cfg, stage.name, raw, optim, metrics, rngs)
         else:
             ctx.report(metrics)
     return {**metrics, "start_epoch": start_epoch, "start_step": int(ckpt["step"]) if ckpt else 0,

@@ -16,22 +16,18 @@ from cclray.data.patches import check_patch_fits
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything
 from cclray.losses import CCLLoss
 from cclray.models import build_ccl_net
-from data_prep.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def pretrain_dataset(cfg: PretrainConfig, ctx: TrainContext) -> PatchDataset:
     """This rank's patches of the pretrain split: input ``(C_in, p, p, p)``, mask, constraint labels."""
+    from data_prep.constraint import check_constraint
     from data_prep.store import Store
 
     store = Store(cfg.store)
     subjects = store.subjects(cfg.split)
-    if cfg.constraint not in store.attrs.get("constraints", {}) and subjects and \
-            not store.has_array(subjects[0], f"constraint/{cfg.constraint}"):
-        have = sorted(store.attrs.get("constraints", {}))
-        raise ConfigError(f"PretrainConfig.constraint={cfg.constraint!r} is not in {cfg.store} (it has "
-                          f"{have}): pick one of those or add it with `cclray constraint`")
+    check_constraint(store, cfg.constraint, subjects)
     check_patch_fits(store, subjects, cfg.patch.patch_size)
     return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
                         constraint=cfg.constraint, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)

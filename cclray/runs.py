@@ -116,6 +116,17 @@ def checkpoint_dirs(run_dir: str | os.PathLike, complete_only: bool = True) -> l
     return [d for *_, d in sorted(found)]
 
 
+def latest_intact_checkpoint(run_dir: str | os.PathLike):
+    """The run's latest intact checkpoint directory (most steps; damaged ones skipped), or None when the
+    folder does not exist or holds none. The one rule every resume path follows: ``cclray pretrain|finetune
+    --resume``, a Ray worker group restarted after a failure, a Tune trial restored, a demo rerun."""
+    run = location(run_dir)  # a local Path, or a UPath on object storage
+    if not run.is_dir():
+        return None
+    dirs = checkpoint_dirs(run)
+    return dirs[-1] if dirs else None
+
+
 def find_checkpoint(run_or_ckpt: str | os.PathLike, which: str = "latest") -> Path:
     """The checkpoint directory to use: ``run_or_ckpt`` itself when it is a checkpoint (directory or
     ``checkpoint.pt``), else the run's ``"latest"`` or ``"best"`` (lowest ``score``; the latest when
@@ -130,12 +141,13 @@ def find_checkpoint(run_or_ckpt: str | os.PathLike, which: str = "latest") -> Pa
     if not p.is_dir():
         raise CheckpointError(f"{p} does not exist: pass a run directory (--out of `cclray pretrain` / "
                               f"`cclray finetune`) or one of its {CKPT_PREFIX}* directories")
-    dirs = checkpoint_dirs(p)
-    if not dirs:
+    latest = latest_intact_checkpoint(p)
+    if latest is None:
         raise CheckpointError(f"{p} holds no intact checkpoint ({CKPT_PREFIX}*/{CKPT_FILE}): the run "
                               f"stopped before its first checkpoint; re-run it (checkpoint_every=1)")
     if which == "latest":
-        return dirs[-1]
+        return latest
+    dirs = checkpoint_dirs(p)
     scored = [(float(read_meta(d)["score"]), i, d) for i, d in enumerate(dirs)
               if read_meta(d).get("score") is not None]
     return min(scored)[2] if scored else dirs[-1]

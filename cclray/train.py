@@ -26,10 +26,10 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from cclray.checkpoint import CheckpointError, load_checkpoint, read_meta
+from cclray.checkpoint import load_checkpoint, read_meta
 from cclray.config import StageConfig, stage_config
 from cclray.engine import TrainContext
-from cclray.runs import checkpoint_dirs, find_checkpoint, write_run_config
+from cclray.runs import checkpoint_dirs, find_checkpoint, latest_intact_checkpoint, write_run_config
 from data_prep.objstore import check_bucket, is_local, location, pyarrow_filesystem
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,7 @@ class RayContext(TrainContext):
         # A checkpoint rank 0 persisted but Ray never registered (a worker died before every rank had
         # reported that epoch) is newer than Ray's: use the run dir's latest intact one when all ranks see it.
         if all(self.gather(self.run_dir is not None)):
-            try:
-                latest = find_checkpoint(self.run_dir, "latest")
-            except CheckpointError:
-                latest = None
+            latest = latest_intact_checkpoint(self.run_dir)
             if latest is not None and (loaded is None or read_meta(latest).get("step", -1) > int(loaded["step"])):
                 log.warning("resuming from %s, newer than Ray's registered checkpoint", latest)
                 loaded = load_checkpoint(latest, stage=stage)
@@ -156,10 +153,11 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
                              f"it, or choose a new --out")
     resume_from = None
     if resume:
-        try:
-            resume_from = str(find_checkpoint(out, "latest"))
+        latest = latest_intact_checkpoint(out)
+        resume_from = str(latest) if latest is not None else None
+        if resume_from:
             log.info("resuming %s from %s", out, resume_from)
-        except CheckpointError:
+        else:
             log.warning("nothing to resume in %s: starting from scratch", out)
     write_run_config(out, stage, cfg)
     if not ray.is_initialized():

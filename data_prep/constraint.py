@@ -117,6 +117,16 @@ class ConstraintSpec(FrozenConfig):
 DEFAULT_SPEC = ConstraintSpec()
 
 
+def check_constraint(store, name: str, subjects: list[str], key: str = "PretrainConfig.constraint") -> None:
+    """Refuse a constraint map ``name`` that ``store`` (a :class:`data_prep.store.Store`) neither records
+    in its attrs nor holds for the first of ``subjects``; the message names the maps it has and the fix."""
+    have = store.attrs.get("constraints") or {}
+    if name in have or not subjects or store.has_array(subjects[0], f"constraint/{name}"):
+        return
+    raise ConfigError(f"{key}={name!r}: constraint map not in {store.url} (it has {sorted(have)}): pass "
+                      f"--constraint with one of those, or add it with `cclray constraint`")
+
+
 # ------------------------------------------------------------------------------------------ the map
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]

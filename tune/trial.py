@@ -52,13 +52,10 @@ def ensure_constraint(store: str, spec: ConstraintSpec) -> tuple[str, int]:
 
 
 def _latest(run: Path) -> str | None:
-    from cclray.checkpoint import CheckpointError
-    from cclray.runs import find_checkpoint
+    from cclray.runs import latest_intact_checkpoint
 
-    try:
-        return str(find_checkpoint(run, "latest")) if run.is_dir() else None
-    except CheckpointError:
-        return None
+    latest = latest_intact_checkpoint(run)
+    return str(latest) if latest is not None else None
 
 
 def _finished(run: Path, epochs: int) -> bool:

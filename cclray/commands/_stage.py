@@ -169,6 +169,7 @@ def preflight(cfg) -> None:
     constraint map (pretrain) exists, ``init`` (finetune) is a pretrain run or checkpoint."""
     from cclray.checkpoint import CheckpointError, read_meta
     from cclray.runs import find_checkpoint
+    from data_prep.constraint import check_constraint
     from data_prep.store import Store
 
     store = Store(cfg.store)
@@ -178,12 +179,7 @@ def preflight(cfg) -> None:
             raise ConfigError(f"split {split!r} of {cfg.store} is empty: re-run `cclray prep` with "
                               f"--splits giving it subjects, or pick another split (--set split=...)")
     if cfg.stage == "pretrain":
-        have = store.attrs.get("constraints", {})
-        first = store.subjects(cfg.split)[0]
-        if cfg.constraint not in have and not store.has_array(first, f"constraint/{cfg.constraint}"):
-            raise ConfigError(f"constraint map {cfg.constraint!r} is not in {cfg.store} (it has "
-                              f"{sorted(have)}): pass --constraint with one of those, or add it with "
-                              f"`cclray constraint`")
+        check_constraint(store, cfg.constraint, store.subjects(cfg.split))
     if getattr(cfg, "init", None):
         ckpt = find_checkpoint(cfg.init, "latest")
         found = read_meta(ckpt).get("stage")

@@ -8,9 +8,9 @@ import torch
 
 from cclray.checkpoint import (CKPT_FILE, META_FILE, CheckpointError, checkpoint_config, is_complete,
                                load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state)
-from cclray.runs import (MetricsLog, checkpoint_dirs, checkpoint_name, find_checkpoint, prune_checkpoints,
-                         read_run_config, write_run_config)
 from cclray.config import FinetuneConfig, PretrainConfig
+from cclray.runs import (MetricsLog, checkpoint_dirs, checkpoint_name, find_checkpoint, latest_intact_checkpoint,
+                         prune_checkpoints, read_run_config, write_run_config)
 
 CFG = PretrainConfig.from_dict({"store": "s.zarr", "model": {"widths": [8, 16, 32]}})
 
@@ -83,7 +83,7 @@ def test_damaged_latest_is_refused_and_find_checkpoint_falls_back(tmp_path, dama
     if damage != "meta_missing":
         with pytest.raises(CheckpointError, match=f"{f}.*(truncated|corrupt)"):
             load_checkpoint(bad)
-    assert find_checkpoint(tmp_path, "latest") == good
+    assert find_checkpoint(tmp_path, "latest") == good == latest_intact_checkpoint(tmp_path)
     assert find_checkpoint(tmp_path, "best") == good
 
 
@@ -96,6 +96,9 @@ def test_wrong_stage_and_missing_are_clear_errors(tmp_path):
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(CheckpointError, match="no intact checkpoint"):
         find_checkpoint(tmp_path / "empty_run")
+    # the resume rule never raises: nothing to resume is None
+    assert latest_intact_checkpoint(tmp_path / "nope") is None
+    assert latest_intact_checkpoint(tmp_path / "empty_run") is None
 
 
 @pytest.mark.parametrize("scores, keep, survivors", [
