@@ -1,6 +1,6 @@
 """``cclray pretrain --store S --out RUN``: stage 1, CCL pretraining under Ray Train.
 
-Options and config precedence are shared with ``cclray finetune`` (:mod:`cclray.commands._stage`).
+Options and config precedence are shared with ``cclray finetune`` (:mod:`cclray.commands.training`).
 """
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cclray.commands._stage import add_stage_arguments
+    from cclray.commands.training import add_stage_arguments
 
     add_stage_arguments(parser, "pretrain")
 
 
 def run(args: argparse.Namespace) -> int:
-    from cclray.commands._stage import run_stage_command
+    from cclray.commands.training import run_stage_command
 
     return run_stage_command(args, "pretrain")

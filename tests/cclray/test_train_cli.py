@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cclray.cli import build_parser, main
-from cclray.commands._stage import build_config, parse_overrides, parse_value
+from cclray.commands.training import build_config, parse_overrides, parse_value
 from cclray.curves import plot_curves
 from cclray.runs import MetricsLog, find_checkpoint
 from data_prep.config import ConfigError

@@ -1,5 +1,6 @@
-"""What ``cclray pretrain`` and ``cclray finetune`` share: their arguments, the typed stage config built
-from them, the checks made before Ray starts, and the run itself (not a subcommand: ``_`` prefix).
+"""The two training commands, ``cclray pretrain`` and ``cclray finetune``: their shared arguments, the
+typed stage config built from them, the checks made before Ray starts, and the run itself. (Not a
+subcommand of its own: :mod:`cclray.commands.pretrain` and :mod:`cclray.commands.finetune` call it.)
 
 Config precedence, lowest first: the stage's defaults < the run's own ``config.json`` (with
 ``--resume`` only) < ``--config FILE.json`` < ``--set key=value`` (in order) < explicit flags
