@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import importlib.metadata
 import json
 import logging
 from pathlib import Path
@@ -25,6 +26,14 @@ CARD_KEY = "cclray.card"
 CARD_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAME = "synthesis"
+
+
+def package_version() -> str:
+    """The installed cclray distribution's version (from its metadata: the runtime imports no ``cclray``)."""
+    try:
+        return importlib.metadata.version("cclray")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 class CardError(ValueError):
@@ -84,10 +93,8 @@ class ModelCard(FrozenConfig):
     @classmethod
     def new(cls, **fields: Any) -> "ModelCard":
         """A card stamped with today's date and this cclray version (unless given)."""
-        from cclray import __version__
-
         fields.setdefault("export_date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        fields.setdefault("cclray_version", __version__)
+        fields.setdefault("cclray_version", package_version())
         return cls.from_dict(fields)
 
     def metadata_props(self) -> dict[str, str]:
