@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data_prep.config import FrozenConfig
+from data_prep.errors import UserError
 from data_prep.objstore import is_local, location
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, truncated, corrupt or of the wrong stage; the message says the fix."""
 
 

@@ -3,6 +3,11 @@
 Each ``cclray/commands/<name>.py`` defines ``add_arguments(parser)`` and ``run(args) -> int`` and
 imports heavy modules (torch, ray, zarr) only inside ``run``; the one-line help of every command is
 :data:`COMMANDS`, so ``cclray --help`` imports no command module and is instant.
+
+One error contract: a command raises; it never prints its own errors. An error a person fixes
+(:class:`data_prep.errors.UserError`: a bad flag, config key, file, folder, store, checkpoint or model)
+is printed here as ``cclray <command>: error: <message>`` on stderr, exit status 2 (argparse's own
+usage errors look and exit the same); anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -77,12 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 0
-    problem = check_out(args._command, args.out) if getattr(args, "out", None) is not None else None
-    if problem:
-        print(f"cclray {args._command}: error: {problem}", file=sys.stderr)
-        return 2
+    from data_prep.config import ConfigError
+    from data_prep.errors import UserError
+
     try:
+        problem = check_out(args._command, args.out) if getattr(args, "out", None) is not None else None
+        if problem:
+            raise ConfigError(problem)
         return int(_module(args._command).run(args) or 0)
+    except UserError as e:
+        print(f"cclray {args._command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

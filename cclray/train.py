@@ -30,6 +30,7 @@ from cclray.checkpoint import load_checkpoint, read_meta
 from cclray.config import StageConfig, stage_config
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, latest_intact_checkpoint, write_run_config
+from data_prep.errors import UserError
 from data_prep.objstore import check_bucket, is_local, location, pyarrow_filesystem
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's checkpoint list in the run folder
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """``out`` already holds a run; the message says to resume it or pick another folder."""
 
 

@@ -13,10 +13,12 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T", bound="FrozenConfig")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key or value is wrong; the message names the key and the fix."""
 
 

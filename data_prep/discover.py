@@ -8,7 +8,7 @@ caller's (``contrasts``): all four for ``cclray prep``, the model's inputs for `
 so both accept the same folders. Problems of one subject (unknown naming, a missing contrast) are
 collected as :class:`SubjectError` so the caller can skip that subject; problems of the whole folder
 (no subject at all, two folders giving the same subject id) raise :class:`DiscoveryError`. Both are
-:class:`InputError` subclasses.
+:class:`data_prep.errors.InputError` subclasses.
 
 Imports only the standard library and :mod:`data_prep.schema` (the torch-free runtime uses it too).
 """
@@ -19,15 +19,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
 from .schema import CONTRASTS, NAMINGS, Naming, safe_subject_id
 
 log = logging.getLogger(__name__)
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-
-
-class InputError(ValueError):
-    """An input file or folder is unusable; the message names the file and the fix."""
 
 
 class DiscoveryError(InputError):

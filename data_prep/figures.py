@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .schema import CONTRASTS
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
     from .store import Store
 
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis={axis}: use 0, 1 or 2 (2 = axial for BraTS volumes)")
+        raise ConfigError(f"axis={axis}: use 0, 1 or 2 (2 = axial for BraTS volumes)")
     store = Store(store_url)
     image = store.read(sid, "image").astype(np.float32)  # (4, X, Y, Z)
     mask = store.read(sid, "mask").astype(bool)
@@ -54,7 +55,7 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
     if slice_index is None:
         slice_index = default_slice(mask, seg, axis)
     if not 0 <= slice_index < mask.shape[axis]:
-        raise ValueError(f"slice {slice_index} is outside axis {axis} of {sid} (size {mask.shape[axis]}); "
+        raise ConfigError(f"slice {slice_index} is outside axis {axis} of {sid} (size {mask.shape[axis]}); "
                          f"pick 0..{mask.shape[axis] - 1} or leave it out")
     spec = (store.attrs.get("constraints") or {}).get(name, {})
     k = int(spec.get("k") or max(int(labels.max()), 1))

@@ -30,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .errors import UserError
+
 ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 REGION_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 DEFAULT_REGION = "us-east-1"
 _MANGLED = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")  # "s3:/bucket/x": a URL that went through Path()
 
 
-class StorageURLError(ValueError):
+class StorageURLError(UserError, ValueError):
     """A store/run/cohort location is not a usable path or URL; the message says the fix."""
 
 

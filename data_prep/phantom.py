@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .phantom_anatomy import GRID_1MM, GRID_CENTRE_MM, grid
 from .schema import CONTRASTS, NAMINGS, safe_subject_id
 
@@ -49,7 +50,7 @@ def subject_seed(seed: int, i: int) -> int:
 def check_version(version) -> int:
     """``version`` as an int, or ``ValueError`` naming the versions there are."""
     if isinstance(version, bool) or version not in VERSIONS:
-        raise ValueError(f"phantom version {version!r} does not exist: use one of {list(VERSIONS)}")
+        raise ConfigError(f"phantom version {version!r} does not exist: use one of {list(VERSIONS)}")
     return int(version)
 
 
@@ -118,7 +119,7 @@ def _check_manifest(out_dir: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), v) for k, v in manifest.items() if old.get(k) != v}
         if diff:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: this folder holds a phantom cohort made with other settings "
                 f"{ {k: old_v for k, (old_v, _) in diff.items()} } than asked {manifest}; "
                 f"use another --out folder or delete {out_dir}")
@@ -137,13 +138,13 @@ def write_cohort(out_dir: str | Path, n: int, seed: int = 0, naming: str = "brat
     is the phantom version (recorded in ``phantom.json``; a folder holds one version).
     """
     if naming not in NAMINGS:
-        raise ValueError(f"unknown naming {naming!r}: use one of {sorted(NAMINGS)}")
+        raise ConfigError(f"unknown naming {naming!r}: use one of {sorted(NAMINGS)}")
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (number of phantom subjects) must be an integer >= 1, got {n!r}")
+        raise ConfigError(f"n (number of phantom subjects) must be an integer >= 1, got {n!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     grid(spacing)  # validates spacing
     version = check_version(version)
     out_dir = Path(out_dir).expanduser()

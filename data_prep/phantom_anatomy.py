@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import ConfigError
 from .phantom_lesion import smooth_field
 
 GRID_1MM: tuple[int, int, int] = (240, 240, 155)  # BraTS / SRI24 field of view at 1 mm
@@ -23,7 +24,7 @@ GRID_CENTRE_MM = (0.0, -17.0, 10.0)  # MNI point at the grid centre: brain centr
 def grid(spacing: float = 1.0) -> tuple[tuple[int, int, int], np.ndarray]:
     """Output grid of a spacing: ``(shape (X, Y, Z), affine (4, 4))``, RAS, centred on the brain."""
     if not (isinstance(spacing, (int, float)) and 0.25 <= spacing <= 16):
-        raise ValueError(f"phantom spacing must be a number of mm in [0.25, 16], got {spacing!r}")
+        raise ConfigError(f"phantom spacing must be a number of mm in [0.25, 16], got {spacing!r}")
     shape = tuple(int(round(n / spacing)) for n in GRID_1MM)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = np.asarray(GRID_CENTRE_MM) - spacing * (np.asarray(shape) - 1) / 2.0

@@ -30,6 +30,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import ConfigError
+from .errors import InputError
+
 SCHEMA_VERSION = 1
 
 #: Canonical contrast names, in the channel order of the store's ``image`` array.
@@ -78,7 +81,7 @@ def canonical_contrast(name: str) -> str:
     """Map an alias ("t1ce", "T2F", ...) to the canonical name, or raise naming the choices."""
     key = name.strip().lower()
     if key not in CONTRAST_ALIASES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown contrast {name!r}: use one of {sorted(CONTRAST_ALIASES)} "
             f"(canonical: {', '.join(CONTRASTS)})"
         )
@@ -95,9 +98,9 @@ def constraint_name(contrasts, k: int) -> str:
     cs = [canonical_contrast(c) for c in contrasts]
     ordered = [c for c in CONTRASTS if c in cs]
     if len(set(cs)) != len(cs) or not cs:
-        raise ValueError(f"constraint contrasts must be distinct and non-empty, got {list(contrasts)}")
+        raise ConfigError(f"constraint contrasts must be distinct and non-empty, got {list(contrasts)}")
     if k < 2:
-        raise ValueError(f"constraint k must be >= 2, got {k}")
+        raise ConfigError(f"constraint k must be >= 2, got {k}")
     return f"{'+'.join(ordered)}-k{int(k)}"
 
 
@@ -108,7 +111,7 @@ def safe_subject_id(sid: str, source: str | Path | None = None) -> str:
     """Refuse subject ids that could escape the store (``..``, ``/``, absolute paths, odd characters)."""
     if not _SAFE_ID.match(sid) or ".." in sid:
         where = f" (from {source})" if source else ""
-        raise ValueError(
+        raise InputError(
             f"subject id {sid!r}{where} is not a safe store name: use letters, digits, '.', '_' "
             f"and '-' only (no '..', no '/'); rename the folder"
         )

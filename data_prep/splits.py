@@ -19,30 +19,32 @@ import math
 
 import numpy as np
 
+from .config import ConfigError
+
 PAPER_SPLITS: dict[str, int] = {"pretrain": 80, "finetune": 10, "val": 5, "test": 10}
 UNUSED = "unused"
 
 
 def parse_splits(text: str) -> dict[str, int]:
-    """``"pretrain=80,finetune=10,val=5,test=10"`` -> dict; raise ``ValueError`` saying the format."""
+    """``"pretrain=80,finetune=10,val=5,test=10"`` -> dict; raise :class:`ConfigError` saying the format."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not name.strip() or not value.strip().isdigit():
-            raise ValueError(f"--splits {text!r}: write NAME=COUNT pairs, e.g. pretrain=80,finetune=10,val=5,test=10")
+            raise ConfigError(f"--splits {text!r}: write NAME=COUNT pairs, e.g. pretrain=80,finetune=10,val=5,test=10")
         out[name.strip()] = int(value)
     check_sizes(out)
     return out
 
 
 def check_sizes(sizes: dict[str, int]) -> None:
-    """Raise ``ValueError`` naming the problem unless ``sizes`` is a usable split request."""
+    """Raise :class:`ConfigError` naming the problem unless ``sizes`` is a usable split request."""
     if not sizes or not any(v > 0 for v in sizes.values()):
-        raise ValueError(f"splits {sizes}: give at least one split a positive count, e.g. pretrain=80,finetune=10,val=5,test=10")
+        raise ConfigError(f"splits {sizes}: give at least one split a positive count, e.g. pretrain=80,finetune=10,val=5,test=10")
     if UNUSED in sizes:
-        raise ValueError(f"split name {UNUSED!r} is reserved for left-over subjects; choose another name")
+        raise ConfigError(f"split name {UNUSED!r} is reserved for left-over subjects; choose another name")
     if any(v < 0 for v in sizes.values()):
-        raise ValueError(f"splits {sizes}: counts must be >= 0")
+        raise ConfigError(f"splits {sizes}: counts must be >= 0")
 
 
 def split_sizes(n: int, sizes: dict[str, int] = PAPER_SPLITS) -> dict[str, int]:
@@ -53,7 +55,7 @@ def split_sizes(n: int, sizes: dict[str, int] = PAPER_SPLITS) -> dict[str, int]:
     if n >= total:
         return dict(sizes)
     if n < len(wanted):
-        raise ValueError(
+        raise ConfigError(
             f"{n} subject(s) cannot fill {len(wanted)} non-empty splits {wanted}: "
             f"add subjects or request fewer splits (--splits)"
         )

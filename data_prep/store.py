@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from .errors import UserError
 from . import objstore
 from .schema import CONTRASTS, SCHEMA_VERSION
 
@@ -61,7 +62,7 @@ def _options(url: str, storage_options: dict | None) -> dict | None:
     return storage_options if storage_options is not None else objstore.fsspec_options(url)
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store is missing, of another schema, or a subject in it is incomplete."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.config import ConfigError, FrozenConfig, require
+from data_prep.errors import UserError
 from data_prep.preprocess import DEFAULT_MARGIN, DEFAULT_PERCENTILES
 from data_prep.schema import CONTRASTS, canonical_contrast
 
@@ -36,7 +37,7 @@ def package_version() -> str:
         return "unknown"
 
 
-class CardError(ValueError):
+class CardError(UserError, ValueError):
     """The ONNX file has no (or an unusable) cclray model card; the message says how to fix it."""
 
 

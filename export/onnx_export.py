@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.errors import UserError
+
 from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2}}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """Export failed (parity, checker, or an unusable source); nothing was written."""
 
 

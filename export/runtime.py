@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from data_prep import preprocess
+from data_prep.errors import UserError
 from data_prep.schema import canonical_contrast
 
 from .card import ModelCard, card_from_metadata
@@ -48,7 +49,7 @@ INSTALL_HINT = {
 DEFAULT_BATCH = 2  # windows per run on CPU (bench_runtime.py: 1, 2, 4 within noise; 2 bounds memory)
 
 
-class RuntimeSetupError(RuntimeError):
+class RuntimeSetupError(UserError, RuntimeError):
     """The model file or the requested execution provider cannot be used; the message says the fix."""
 
 

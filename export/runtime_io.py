@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.discover import InputError, SubjectError, find_subjects, nifti_stem, parse_stem, subject_from_folder
+from data_prep.discover import SubjectError, find_subjects, nifti_stem, parse_stem, subject_from_folder
+from data_prep.errors import InputError
 from data_prep.nifti import load_contrasts
 from data_prep.schema import NAMINGS, Naming, canonical_contrast
 

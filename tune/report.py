@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+from data_prep.errors import UserError
 from tune.space import DEFAULT_POINT, POINT_KEYS
 from tune.trial import METRIC, MODE, read_record
 
@@ -29,7 +30,7 @@ COLUMNS = ("trial_id", "status", *POINT_KEYS, "metric", "best_metric", "val_l1",
            "constraint", "constraint_computed", "checkpoint", "finetune_run", "error")
 
 
-class SweepReportError(RuntimeError):
+class SweepReportError(UserError, RuntimeError):
     """No usable best trial (all failed, or no report yet); the message says what to do."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.config import ConfigError, FrozenConfig, require
+from data_prep.errors import UserError
 from tune.space import BUDGETS, DEFAULT_POINT, POINT_KEYS, SearchSpace, budget
 from tune.trial import METRIC, MODE
 
@@ -31,7 +32,7 @@ DRIVER_CPU = 0.01  # a trial's driver (ray refuses 0; see DESIGN §8)
 DRIVERS_PER_SLOT = 2
 
 
-class SweepExistsError(FileExistsError):
+class SweepExistsError(UserError, FileExistsError):
     """The sweep folder holds a sweep; the message says to pass --resume or choose another folder."""
 
 

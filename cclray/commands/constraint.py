@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,35 +53,30 @@ def _add(args, spec) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep.config import ConfigError
     from data_prep.constraint import ConstraintSpec
     from data_prep.store import Store, StoreError
 
-    try:
-        name = args.name
-        if args.png is None or args.contrasts is not None:
-            spec = ConstraintSpec.parse(f"{args.contrasts or 'all'}:k={args.k},seed={args.seed}")
-            name = _add(args, spec)
-        if args.png is None:
-            return 0
-        from data_prep.figures import constraint_figure
-
-        store = Store(args.store)
-        subjects = store.subjects()
-        if not subjects:
-            raise StoreError(f"{args.store} holds no complete subject; run `cclray prep` first")
-        sid = args.subject or subjects[0]
-        recorded = list(store.attrs.get("constraints") or {})
-        if name is None:
-            if not recorded:
-                raise StoreError(f"{args.store} records no constraint setting; add one with "
-                                 f"`cclray constraint {args.store} --contrasts all --k 20`")
-            name = recorded[0]
-        elif name not in recorded and not store.has_array(sid, f"constraint/{name}"):
-            raise StoreError(f"no constraint {name!r} in {args.store}; it has {recorded}: pick one with --name")
-        out = constraint_figure(args.store, sid, name, args.png, axis=args.axis, slice_index=args.slice_index)
-        print(f"wrote {out} ({sid}, {name})")
+    name = args.name
+    if args.png is None or args.contrasts is not None:
+        spec = ConstraintSpec.parse(f"{args.contrasts or 'all'}:k={args.k},seed={args.seed}")
+        name = _add(args, spec)
+    if args.png is None:
         return 0
-    except (ConfigError, StoreError, ValueError) as e:
-        print(f"cclray constraint: {e}", file=sys.stderr)
-        return 2
+    from data_prep.figures import constraint_figure
+
+    store = Store(args.store)
+    subjects = store.subjects()
+    if not subjects:
+        raise StoreError(f"{args.store} holds no complete subject; run `cclray prep` first")
+    sid = args.subject or subjects[0]
+    recorded = list(store.attrs.get("constraints") or {})
+    if name is None:
+        if not recorded:
+            raise StoreError(f"{args.store} records no constraint setting; add one with "
+                             f"`cclray constraint {args.store} --contrasts all --k 20`")
+        name = recorded[0]
+    elif name not in recorded and not store.has_array(sid, f"constraint/{name}"):
+        raise StoreError(f"no constraint {name!r} in {args.store}; it has {recorded}: pick one with --name")
+    out = constraint_figure(args.store, sid, name, args.png, axis=args.axis, slice_index=args.slice_index)
+    print(f"wrote {out} ({sid}, {name})")
+    return 0

@@ -22,19 +22,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     import torch
     from tqdm import tqdm
 
     from cclray.evaluation import evaluate_run_dirs
+    from data_prep.config import ConfigError
     from data_prep.store import Store
 
     runs = [args.run, *args.compare]
     if args.labels is not None and len(args.labels) != len(runs):
-        print(f"error: {len(args.labels)} --labels for {len(runs)} run(s); give one per run "
-              f"(--run first, then each --compare)", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{len(args.labels)} --labels for {len(runs)} run(s); give one per run "
+                          f"(--run first, then each --compare)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     subjects = Store(args.store).subjects(args.split)
     if args.limit is not None:

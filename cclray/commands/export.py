@@ -21,25 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from export.onnx_export import ExportError, export_onnx
+    from export.onnx_export import export_onnx
 
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log every deduplicated initializer
     source = args.run or args.checkpoint
     if getattr(args, "sweep", None):
-        from tune.report import SweepReportError, best_checkpoint
+        from tune.report import best_checkpoint
 
-        try:
-            source = str(best_checkpoint(args.sweep))
-        except SweepReportError as e:
-            print(f"export failed: {e}")
-            return 1
+        source = str(best_checkpoint(args.sweep))
         print(f"sweep {args.sweep}: best trial's checkpoint {source}")
-    try:
-        report = export_onnx(source, args.out, fp16=args.fp16, opset=args.opset,
-                             parity_patch=args.parity_patch)
-    except ExportError as e:
-        print(f"export failed: {e}")
-        return 1
+    report = export_onnx(source, args.out, fp16=args.fp16, opset=args.opset, parity_patch=args.parity_patch)
     card = report["card"]
     print(f"wrote {report['path']} ({report['precision']}, {report['bytes'] / 1e6:.1f} MB) "
           f"{'+'.join(card['inputs'])} -> {'+'.join(card['targets'])}, patch {card['patch_size']}, "

@@ -22,21 +22,11 @@ def run(args: argparse.Namespace) -> int:
 
     from data_prep.phantom import grid, write_cohort
 
-    try:
-        shape, _ = grid(args.spacing)
-    except ValueError as e:
-        print(f"error: --spacing: {e}")
-        return 2
+    shape, _ = grid(args.spacing)
     start = time.perf_counter()
     with tqdm(total=args.n, unit="subject", desc="phantom") as bar:
-        try:
-            paths = write_cohort(args.out, args.n, seed=args.seed, naming=args.naming,
-                                 spacing=args.spacing, workers=args.workers,
-                                 progress=lambda _path: bar.update(1))
-        except ValueError as e:
-            bar.close()
-            print(f"error: {e}")
-            return 2
+        paths = write_cohort(args.out, args.n, seed=args.seed, naming=args.naming, spacing=args.spacing,
+                             workers=args.workers, progress=lambda _path: bar.update(1))
     seconds = time.perf_counter() - start
     print(f"{len(paths)} phantom subject(s) ({'x'.join(map(str, shape))} at {args.spacing:g} mm, "
           f"{args.naming} naming) in {args.out} [{seconds:.1f} s]")

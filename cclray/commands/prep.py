@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`PrepConfig` the arguments ask for (raise ``ValueError`` naming the flag)."""
+    """The :class:`PrepConfig` the arguments ask for (raise :class:`ConfigError` naming the flag)."""
     from data_prep.constraint import ConstraintSpec
     from data_prep.prep import PrepConfig
     from data_prep.splits import parse_splits
@@ -65,16 +65,10 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_prep.discover import DiscoveryError
     from data_prep.prep import execute, finalize, plan_prep
-    from data_prep.store import StoreError
 
-    try:
-        config = build_config(args)
-        plan = plan_prep(args.src, args.out, config)
-    except (ValueError, DiscoveryError, StoreError) as e:
-        print(f"cclray prep: {e}", file=sys.stderr)
-        return 2
+    config = build_config(args)
+    plan = plan_prep(args.src, args.out, config)
     print(f"{len(plan.todo)} subject(s) to prepare, {len(plan.skipped)} already complete, "
           f"{len(plan.failed)} unusable; writing {args.out}")
     results: list[dict] = []

@@ -65,7 +65,7 @@ def _run_cohort(args, synth) -> int:
     check_bucket(args.out)
     jobs, unusable = scaleout.cohort_jobs(args.cohort, synth.card.inputs)
     for e in unusable:  # a cohort's unusable subjects are reported and skipped, as `cclray prep` skips them
-        print(f"error: {e.sid}: {e}", file=sys.stderr)
+        print(f"cclray synthesize: error: {e.sid}: {e}", file=sys.stderr)
     threads = args.threads or (1 if args.ray is not None else None)
     bar = tqdm(total=len(jobs), desc="subjects", unit="subj")
 
@@ -74,7 +74,7 @@ def _run_cohort(args, synth) -> int:
         if r.ok:
             bar.write(f"{r.sid}: wrote {', '.join(r.written)} ({r.seconds:.1f} s{', ' + r.node if r.node else ''})")
         else:
-            bar.write(f"error: {r.sid}: {r.error}", file=sys.stderr)
+            bar.write(f"cclray synthesize: error: {r.sid}: {r.error}", file=sys.stderr)
 
     if args.ray is None:  # a URL without a cluster: the same per-subject code, in this process
         results = []
@@ -102,31 +102,23 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from data_prep.errors import UserError
     from data_prep.objstore import is_remote
     from export import runtime_io as rio
-    from export.card import CardError
-    from export.runtime import DEFAULT_BATCH, OnnxSynthesizer, RuntimeSetupError
+    from export.runtime import DEFAULT_BATCH, OnnxSynthesizer
 
     scaled = args.ray is not None or bool(args.cohort and (is_remote(args.cohort) or is_remote(args.out)))
-    try:
-        if args.ray is not None and not args.cohort:
-            raise rio.InputError("--ray spreads a --cohort over a cluster: pass --cohort DIR_OR_URL")
-        synth = OnnxSynthesizer(args.model, provider=args.provider, threads=args.threads)
-        card = synth.card
-        jobs, unusable = ([], []) if scaled else _jobs(args, card.inputs)
-    except (rio.InputError, CardError, RuntimeSetupError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.ray is not None and not args.cohort:
+        raise rio.InputError("--ray spreads a --cohort over a cluster: pass --cohort DIR_OR_URL")
+    synth = OnnxSynthesizer(args.model, provider=args.provider, threads=args.threads)
+    card = synth.card
+    jobs, unusable = ([], []) if scaled else _jobs(args, card.inputs)
     print(f"model {args.model}: {'+'.join(card.inputs)} -> {'+'.join(card.targets)} on {synth.provider}")
     if scaled:  # export.scaleout: the same per-subject code in this process or on Ray workers
-        try:
-            return _run_cohort(args, synth)
-        except (rio.InputError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return _run_cohort(args, synth)
     cohort = len(jobs) > 1 or bool(args.cohort)
-    for e in unusable:  # a cohort's unusable subjects are skipped, as `cclray prep` skips them
-        print(f"error: {e.sid}: {e}", file=sys.stderr)
+    for e in unusable:  # a cohort's unusable subjects are reported and skipped, as `cclray prep` skips them
+        print(f"cclray synthesize: error: {e.sid}: {e}", file=sys.stderr)
     failed = len(unusable)
     for sid, naming, files in tqdm(jobs, desc="subjects", unit="subj", disable=not cohort):
         t0 = time.perf_counter()
@@ -135,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
             out = synth.synthesize({c: v.data for c, v in vols.items()}, {c: v.affine for c, v in vols.items()},
                                    overlap=args.overlap, batch_size=args.batch or DEFAULT_BATCH)
             written = rio.write_outputs(out, vols[card.inputs[0]], rio.output_paths(args.out, sid, naming, card.targets))
-        except (rio.InputError, CardError, ValueError) as e:
-            failed += 1
-            print(f"error: {sid}: {e}", file=sys.stderr)
+        except UserError as e:
             if not cohort:
-                return 2
+                raise
+            failed += 1
+            print(f"cclray synthesize: error: {sid}: {e}", file=sys.stderr)
             continue
         msg = f"{sid}: wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s, {synth.provider})"
         tqdm.write(msg) if cohort else print(msg)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from cclray.config import CONFIGS, DEFAULT_CONSTRAINT, deep_merge, stage_config
@@ -190,11 +189,6 @@ def preflight(cfg) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the run
-def _error(message: str) -> int:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
-
-
 def _show_terminal_logs(verbose: bool) -> None:
     """Make sure the driver's log lines (cclray.*, the forwarded per-epoch lines) reach the terminal."""
     if not logging.getLogger().handlers:
@@ -223,30 +217,22 @@ def _fmt(v) -> str:
 
 def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     """``cclray pretrain|finetune``: build and check the config, train with Ray, print where it went."""
-    from cclray.checkpoint import CheckpointError
     from cclray.curves import plot_curves
-    from cclray.train import RunExistsError, fit, run_location
+    from cclray.train import fit, run_location
     from data_prep.objstore import is_local, location, write_bytes_atomic
-    from data_prep.store import StoreError
 
     _show_terminal_logs(bool(getattr(args, "verbose", False)))
     if args.max_failures < 0:
-        return _error(f"--max-failures {args.max_failures}: must be >= 0")
-    try:
-        cfg = build_config(args, stage)
-        preflight(cfg)
-        out = run_location(args.out)
-    except (ConfigError, StoreError, CheckpointError, ValueError) as e:
-        return _error(e)
+        raise ConfigError(f"--max-failures {args.max_failures}: must be >= 0")
+    cfg = build_config(args, stage)
+    preflight(cfg)
+    out = run_location(args.out)
     init = getattr(cfg, "init", "") if stage == "finetune" else ""
     print(f"cclray {stage}: {cfg.num_workers} worker(s){' with GPUs' if cfg.use_gpu else ''}, "
           f"{cfg.epochs} epoch(s) x {cfg.steps_per_epoch} step(s), store {cfg.store}"
           + (f", init {init or 'scratch (random weights)'}" if stage == "finetune" else "")
           + f", run {out}", flush=True)
-    try:
-        result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
-    except RunExistsError as e:
-        return _error(e)
+    result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
     run_dir = location(result["run_dir"])
     print(f"\nrun:    {run_dir}\nbest:   {result['best']}\nlatest: {result['latest']}")
     metrics = final_metrics(result, run_dir)

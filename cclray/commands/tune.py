@@ -7,7 +7,6 @@ metric_vs_settings.png and best.json into SWEEP; ``cclray export --sweep SWEEP``
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,24 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from data_prep.config import ConfigError
-    from tune.report import SweepReportError
     from tune.space import SearchSpace
-    from tune.sweep import SweepConfig, SweepExistsError, run_sweep
+    from tune.sweep import SweepConfig, run_sweep
 
-    try:
-        cfg = SweepConfig(store=args.store, out=args.out, runs_dir=args.runs_dir, samples=args.samples,
-                          budget=args.budget, max_concurrent=args.max_concurrent,
-                          workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
-                          cpus_per_worker=args.cpus_per_worker, seed=args.seed, grace_period=args.grace_period,
-                          reduction_factor=args.reduction_factor, trial_retries=args.trial_retries,
-                          space=SearchSpace(pretrain_arm=not args.no_pretrain_arm))
-        if not ray.is_initialized():
-            ray.init(address=args.address)
-        out = run_sweep(cfg, resume=args.resume)
-    except (ConfigError, SweepExistsError, SweepReportError) as e:
-        print(f"cclray tune: {e}", file=sys.stderr)
-        return 2
+    cfg = SweepConfig(store=args.store, out=args.out, runs_dir=args.runs_dir, samples=args.samples,
+                      budget=args.budget, max_concurrent=args.max_concurrent,
+                      workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+                      cpus_per_worker=args.cpus_per_worker, seed=args.seed, grace_period=args.grace_period,
+                      reduction_factor=args.reduction_factor, trial_retries=args.trial_retries,
+                      space=SearchSpace(pretrain_arm=not args.no_pretrain_arm))
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    out = run_sweep(cfg, resume=args.resume)
     c = out["counts"]
     print(f"{sum(c.values())} trials: {c['ok']} finished, {c['stopped']} stopped early by ASHA, {c['error']} failed")
     for key, path in out["paths"].items():

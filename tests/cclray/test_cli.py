@@ -22,3 +22,37 @@ def test_every_command_module_has_the_contract():
     for name in COMMANDS:
         mod = importlib.import_module(f"cclray.commands.{name}")
         assert callable(mod.add_arguments) and callable(mod.run), name
+
+
+# command, arguments (TMP = a fresh folder), what the one-line message must name
+USER_ERRORS = [
+    ("phantom", ["--out", "TMP/p", "--spacing", "40"], "spacing"),
+    ("prep", ["TMP/nothing", "--out", "TMP/s.zarr"], "TMP/nothing"),
+    ("prep", ["TMP", "--out", "TMP/s.zarr", "--splits", "a=x"], "NAME=COUNT"),
+    ("constraint", ["TMP/none.zarr", "--contrasts", "all"], "none.zarr"),
+    ("export", ["--run", "TMP/norun", "--out", "TMP/m.onnx"], "TMP/norun"),
+    ("synthesize", ["--model", "TMP/m.onnx", "--subject", "TMP", "--out", "TMP/o"], "TMP/m.onnx"),
+    ("pretrain", ["--store", "TMP/none.zarr", "--out", "TMP/r"], "none.zarr"),
+]
+
+
+def test_one_error_contract(tmp_path, capsys):
+    """Every command's user errors: `cclray <command>: error: <message>` on stderr, one line, exit 2;
+    nothing on stdout (the commands raise; cli.main alone formats)."""
+    import pytest
+
+    from cclray.cli import main
+
+    for command, argv, names in USER_ERRORS:
+        argv = [a.replace("TMP", str(tmp_path)) for a in argv]
+        if command == "prep" and "--splits" in argv:
+            (tmp_path / "x").mkdir(exist_ok=True)
+        code = main([command, *argv])
+        out, err = capsys.readouterr()
+        assert code == 2, (command, argv, err)
+        assert err.startswith(f"cclray {command}: error: ") and err.count("\n") == 1, (command, err)
+        assert names.replace("TMP", str(tmp_path)) in err and "Traceback" not in err, (command, err)
+        assert "error" not in out, (command, out)
+    with pytest.raises(SystemExit) as e:  # argparse's own usage errors exit 2 too
+        main(["phantom"])
+    assert e.value.code == 2 and "error:" in capsys.readouterr().err

@@ -118,7 +118,7 @@ def test_init_and_scratch_are_required_and_exclusive(argv, capsys):
 def test_config_errors_are_one_line_exit_2(tmp_path, capsys, argv, words):
     code = main(["pretrain", "--store", "memory://s", "--out", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert code == 2 and err.startswith("cclray pretrain: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err and all(w in err for w in words), err
 
 
@@ -126,7 +126,7 @@ def test_missing_store_names_the_path_and_prep(tmp_path, capsys):
     missing = tmp_path / "nowhere.zarr"
     assert main(["finetune", "--store", str(missing), "--out", str(tmp_path / "r"), "--scratch"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and str(missing) in err and "cclray prep" in err
+    assert err.startswith("cclray finetune: error: ") and str(missing) in err and "cclray prep" in err
 
 
 def _fake_run(path, stage, rows):

@@ -117,8 +117,9 @@ def test_export_cli_checks_parity_on_a_real_patch(exported):
 
 
 def test_export_cli_missing_checkpoint(tmp_path, capsys):
-    assert cli(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 1
-    assert "does not exist" in capsys.readouterr().out
+    assert cli(["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cclray export: error: ") and "does not exist" in err
     assert list(tmp_path.iterdir()) == []
 
 

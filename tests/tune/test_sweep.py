@@ -174,7 +174,8 @@ def test_export_sweep_cli(sweep, tmp_path):
 def test_export_sweep_cli_errors(tmp_path, capsys):
     from cclray.cli import main
 
-    assert main(["export", "--sweep", str(tmp_path), "--out", str(tmp_path / "m.onnx")]) == 1
-    assert "best.json" in capsys.readouterr().out and not (tmp_path / "m.onnx").exists()
+    assert main(["export", "--sweep", str(tmp_path), "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cclray export: error: ") and "best.json" in err and not (tmp_path / "m.onnx").exists()
     with pytest.raises(SystemExit):
         main(["export", "--sweep", str(tmp_path), "--run", str(tmp_path), "--out", "m.onnx"])
