@@ -38,28 +38,18 @@ class ExportError(UserError, RuntimeError):
     """Export failed (parity, checker, or an unusable source); nothing was written."""
 
 
-def _attr(obj: Any, names: tuple[str, ...], default: Any = None) -> Any:
-    """First present attribute (or mapping key) of ``obj`` among ``names``."""
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
 def _resolve(source: Any) -> tuple[Any, dict, str | None]:
     """``source`` -> (torch model in eval mode, card fields, store url or None).
 
-    ``source`` is a run folder / checkpoint path (loaded with :func:`cclray.runs.load_synthesizer`)
-    or an in-memory ``(model, model_cfg, extra_card)`` with ``model_cfg`` having ``inputs``,
-    ``targets``, ``stride`` (and optionally ``hash()``), ``extra_card`` a dict of card fields.
+    ``source`` is a finetune run folder / checkpoint path, loaded with :func:`cclray.runs.load_synthesizer`
+    (the card is the :class:`~cclray.config.FinetuneConfig`'s fields: ``model``, ``patch.patch_size``,
+    ``store``), or an in-memory ``(model, model_cfg, extra_card)``: a synthesizer, its
+    :class:`~cclray.config.ModelConfig` and a dict of further card fields (``patch_size`` at least;
+    ``store`` to read the normalization recipe from).
     """
     if isinstance(source, tuple):
         model, model_cfg, extra = source
-        fields = {"config_hash": model_cfg.hash() if hasattr(model_cfg, "hash") else "",
-                  "source_run": "in-memory"}
-        fields.update(extra or {})
+        fields = {"config_hash": model_cfg.hash(), "source_run": "in-memory", **(extra or {})}
         store = fields.pop("store", None)
     else:
         from cclray.runs import load_synthesizer
@@ -68,15 +58,9 @@ def _resolve(source: Any) -> tuple[Any, dict, str | None]:
             model, cfg, meta = load_synthesizer(source, device="cpu")
         except Exception as e:  # CheckpointError, ConfigError, ... already carry the fix
             raise ExportError(f"cannot load a synthesizer from {source}: {e}") from e
-        model_cfg = _attr(cfg, ("model",), cfg)
-        patch = _attr(cfg, ("patch_size", "patch"), None)  # FinetuneConfig.patch is a PatchConfig
-        patch = _attr(patch, ("patch_size",), patch)
-        if patch is None:
-            raise ExportError(f"{source}: the run's config has no patch size; re-run finetuning with this cclray")
-        fields = {"patch_size": [int(patch)] * 3 if np.isscalar(patch) else [int(v) for v in patch],
-                  "config_hash": cfg.hash() if hasattr(cfg, "hash") else "",
-                  "source_run": str(_attr(meta, ("checkpoint", "run"), source))}
-        store = _attr(cfg, ("store", "store_url"), None) or _attr(_attr(cfg, ("data",), {}), ("store", "url"), None)
+        model_cfg, store = cfg.model, cfg.store
+        fields = {"patch_size": list(cfg.patch.patch_size), "config_hash": cfg.hash(),
+                  "source_run": str(meta["checkpoint"])}
     fields.setdefault("inputs", tuple(model_cfg.inputs))
     fields.setdefault("targets", tuple(model_cfg.targets))
     fields.setdefault("stride", int(model_cfg.stride))
