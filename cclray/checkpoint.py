@@ -3,7 +3,7 @@
 
 ``checkpoint.pt`` holds the ``model``/``optimizer``/``scheduler``/``scaler`` state dicts, ``step``,
 ``epoch``, ``rng`` (per-rank RNG states as tensors), ``config`` (the stage config as a JSON *string*),
-``stage`` and ``format``. Both files are written atomically (temporary file + ``os.replace``), the
+``stage`` and ``format``. Both files are written atomically (:mod:`data_prep.atomic`), the
 checkpoint first: a directory whose ``meta.json`` exists has a complete ``checkpoint.pt`` unless the
 file was damaged later, which :func:`load_checkpoint` and :func:`is_complete` detect (size recorded
 in ``meta.json``; a truncated zip archive is refused). The reading side takes local paths and
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.atomic import atomic_path, atomic_write
 from data_prep.config import FrozenConfig
 from data_prep.errors import UserError
 from data_prep.objstore import is_local, location
@@ -69,19 +69,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------- write
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(directory: str | os.PathLike, state: dict, config: FrozenConfig, stage: str,
                     meta: dict | None = None) -> Path:
     """Write ``directory/checkpoint.pt`` then ``directory/meta.json`` atomically; returns ``directory``.
@@ -94,14 +81,14 @@ def save_checkpoint(directory: str | os.PathLike, state: dict, config: FrozenCon
     directory.mkdir(parents=True, exist_ok=True)
     payload = {**state, "config": config.to_json(), "stage": stage, "format": FORMAT_VERSION}
     ckpt = directory / CKPT_FILE
-    _atomic_write(ckpt, lambda f: torch.save(payload, f))
+    with atomic_path(ckpt) as tmp, tmp.open("wb") as f:
+        torch.save(payload, f)
     info = {
         "stage": stage, "step": int(state.get("step", 0)), "epoch": int(state.get("epoch", 0)),
         "config_hash": config.hash(), "bytes": ckpt.stat().st_size, "time": time.time(),
         **(meta or {}),
     }
-    text = json.dumps(info, indent=1, sort_keys=True, default=float)
-    _atomic_write(directory / META_FILE, lambda f: f.write(text.encode()))
+    atomic_write(directory / META_FILE, json.dumps(info, indent=1, sort_keys=True, default=float))
     return directory
 
 

@@ -1,7 +1,7 @@
 """Training curves of one or more runs as one PNG: train loss per epoch (one panel per stage, since the
 CCL and synthesis losses have different scales) and, for finetune runs, validation L1 and SSIM.
 
-Reads each run's ``metrics.csv`` and ``config.json`` (:mod:`cclray.runs`); matplotlib's Agg backend.
+Reads each run's ``metrics.csv`` and ``config.json`` (:mod:`cclray.runs`); drawn in the project's figure style (:mod:`data_prep.figures`).
 """
 from __future__ import annotations
 
@@ -54,12 +54,9 @@ def plot_curves(run_dirs: list, labels: list | None, out_png: str | os.PathLike)
 
     Panels only for what some run has: pretrain loss, finetune loss, val L1, val SSIM. Returns the path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from data_prep.figures import new_figure, save_png
     from data_prep.objstore import location
 
     run_dirs = [location(r) for r in run_dirs]
@@ -75,8 +72,8 @@ def plot_curves(run_dirs: list, labels: list | None, out_png: str | os.PathLike)
             panels.append((ylabel, series))
     if not panels:
         raise ValueError(f"no metrics to plot in {[str(r) for r in run_dirs]}: the runs have no finished epoch")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False,
-                             layout="constrained")
+    fig = new_figure((4.2 * len(panels), 3.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels):
         for lab, pts in series:
             epochs, values = zip(*pts)
@@ -86,11 +83,4 @@ def plot_curves(run_dirs: list, labels: list | None, out_png: str | os.PathLike)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    log.info("wrote %s", out_png)
-    return out_png
+    return save_png(fig, out_png, dpi=110)

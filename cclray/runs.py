@@ -26,7 +26,8 @@ import shutil
 from pathlib import Path
 
 from cclray.checkpoint import CKPT_FILE, META_FILE, CheckpointError, is_complete, read_meta
-from data_prep.objstore import is_local, location, remove_tree, write_bytes_atomic
+from data_prep.atomic import atomic_write
+from data_prep.objstore import is_local, location, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def write_run_config(run_dir: str | os.PathLike, stage: str, config) -> Path:
     """Write ``RUN/config.json`` (stage + the stage config as plain JSON), atomically."""
     path = location(run_dir) / CONFIG_FILE
     text = json.dumps({"stage": stage, "config": config.to_dict()}, indent=1, sort_keys=True)
-    write_bytes_atomic(path, text.encode())
-    return path
+    return atomic_write(path, text)
 
 
 def read_run_config(run_dir: str | os.PathLike):
@@ -85,7 +85,7 @@ class MetricsLog:
         w.writeheader()
         for row in rows:
             w.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
-        write_bytes_atomic(self.path, buf.getvalue().encode())
+        atomic_write(self.path, buf.getvalue())
 
     def append(self, row: dict) -> None:
         self._write([*self.rows(), row])

@@ -1,4 +1,12 @@
-"""Pictures of a store's contents: the four contrasts of one slice beside a constraint map."""
+"""The project's one figure style, and pictures of a store's contents (four contrasts beside a constraint map).
+
+Every figure of the project (this module, :mod:`cclray.curves`, :mod:`cclray.evaluation.figure`,
+:mod:`tune.report`) is an object-oriented matplotlib ``Figure`` on its own Agg canvas (:func:`new_figure`),
+saved atomically as PNG (:func:`save_png`): no pyplot, no process-wide ``matplotlib.use``, no GUI, so a
+library call never changes the caller's matplotlib state. Slices are chosen by one rule
+(:func:`default_slice`: through the largest tumour, else mid-brain) and contrasts are named by
+:data:`data_prep.schema.CONTRAST_DISPLAY`.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,14 +14,35 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .config import ConfigError
-from .schema import CONTRASTS
+from .schema import CONTRAST_DISPLAY, CONTRASTS
 
 log = logging.getLogger(__name__)
 
 
-def default_slice(mask: np.ndarray, seg: np.ndarray | None, axis: int) -> int:
-    """The slice along ``axis`` with the most tumour (``seg > 0``) when there is any, else the middle of the brain."""
+def new_figure(figsize: tuple[float, float], layout: str | None = "constrained"):
+    """A ``matplotlib.figure.Figure`` with its own Agg canvas (no pyplot, no global backend, no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: str | Path, dpi: int = 110, **kwargs) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (the file is whole or absent); returns the path."""
+    path = Path(path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", **kwargs)
+    log.info("wrote %s", path)
+    return path
+
+
+def default_slice(mask: np.ndarray, seg: np.ndarray | None, axis: int = 2) -> int:
+    """The slice along ``axis`` (default 2, axial for BraTS) with the largest tumour area (``seg > 0``) when
+    there is any, else the middle of the brain (of the array when the mask is empty)."""
     other = tuple(a for a in range(3) if a != axis)
     if seg is not None and (seg > 0).any():
         return int(np.argmax((seg > 0).sum(axis=other)))
@@ -40,9 +69,6 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
                       slice_index: int | None = None) -> Path:
     """Draw one slice of ``sid``: the four contrasts (grey, 1–99 percentile window inside the brain) beside
     constraint map ``name`` (qualitative colours, 0 black). Writes ``out_png``; returns its path."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, no GUI
-
     from .store import Store
 
     if axis not in (0, 1, 2):
@@ -61,8 +87,7 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
     k = int(spec.get("k") or max(int(labels.max()), 1))
     channels = list(store.attrs.get("channels") or CONTRASTS)
 
-    fig = Figure(figsize=(3.2 * (len(channels) + 1), 3.8))
-    FigureCanvasAgg(fig)
+    fig = new_figure((3.2 * (len(channels) + 1), 3.8), layout=None)
     axes = fig.subplots(1, len(channels) + 1, squeeze=False)
     axes = axes[0]
     for ax, c, vol in zip(axes, channels, image):
@@ -71,7 +96,7 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
         shown = np.where(mask, vol, lo)  # background black
         ax.imshow(_take(shown, axis, slice_index), cmap="gray", vmin=lo, vmax=hi, origin="lower",
                   interpolation="nearest")
-        ax.set_title(c)
+        ax.set_title(CONTRAST_DISPLAY.get(c, c))
     ax = axes[-1]
     ax.imshow(_take(labels, axis, slice_index), cmap=label_colormap(k), vmin=-0.5, vmax=k + 0.5, origin="lower",
               interpolation="nearest")
@@ -81,8 +106,4 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
     seeded = f", seed {spec['seed']}" if "seed" in spec else ""
     fig.suptitle(f"{sid}: constraint map {name}{seeded}; axis {axis}, slice {slice_index}")
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    log.info("wrote %s", out)
-    return out
+    return save_png(fig, out_png, dpi=100)

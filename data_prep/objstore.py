@@ -182,27 +182,6 @@ def location(url: str | os.PathLike):
     return UPath(text, **(fsspec_options(text, listings_cache=False) or {}))
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write ``data`` so that readers see the old content or the new, never a part: local files via a
-    temporary file, fsync and rename; objects in one PUT (object stores publish an object whole)."""
-    if is_local(path):
-        import tempfile
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return
-    path.write_bytes(data)
-
-
 def is_local(path) -> bool:
     """True for what :func:`location` returns on a local path (a plain ``pathlib.Path``)."""
     return isinstance(path, Path) and not getattr(path, "protocol", "")

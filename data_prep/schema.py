@@ -37,6 +37,8 @@ SCHEMA_VERSION = 1
 
 #: Canonical contrast names, in the channel order of the store's ``image`` array.
 CONTRASTS: tuple[str, ...] = ("t1w", "t1gd", "t2w", "flair")
+#: How figures and tables name each contrast.
+CONTRAST_DISPLAY: dict[str, str] = {"t1w": "T1w", "t1gd": "T1Gd", "t2w": "T2w", "flair": "FLAIR"}
 #: What a person may type for a contrast (CLI, configs) -> canonical name.
 CONTRAST_ALIASES: dict[str, str] = {
     "t1w": "t1w", "t1": "t1w", "t1n": "t1w",

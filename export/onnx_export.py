@@ -4,7 +4,8 @@
 the network stride), only the ``Synthesizer`` (no projection head), ``onnx.checker`` on the result,
 the :class:`export.card.ModelCard` in ``metadata_props``, then **parity** against torch eager on a
 random batch (and, when the run's store is reachable, on a real brain patch). The file appears only
-when everything passed (written to a temp file and ``os.replace``-d), so a failed export leaves nothing.
+when everything passed (written to a temp file and renamed, :mod:`data_prep.atomic`), so a failed export
+leaves nothing.
 
 Parity tolerances (``numpy.testing.assert_allclose`` semantics, ``|onnx - torch| <= atol + rtol*|torch|``):
 fp32 ``rtol=1e-3, atol=1e-4``; fp16 ``rtol=1e-2, atol=2e-2``.
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.atomic import atomic_path
 from data_prep.errors import UserError
 
 from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
@@ -204,9 +206,7 @@ def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, op
         raise ExportError(f"onnx.checker rejected the exported model: {e}; nothing was written") from e
     export_s = time.perf_counter() - t0
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out_path, suffix=".tmp.onnx") as tmp:  # renamed onto out_path only if parity holds
         onnx.save_model(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         tol = TOLERANCES[precision]
@@ -219,10 +219,6 @@ def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, op
             if real is not None:
                 parity["real"] = _parity(session, model, real, tol, f"real patch of {store}")
         del session
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     nbytes = out_path.stat().st_size
     log.info("wrote %s (%s, %.1f MB, export %.1f s)", out_path, precision, nbytes / 1e6, export_s)
     return {"path": str(out_path), "bytes": nbytes, "precision": precision, "export_s": export_s,

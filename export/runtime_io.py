@@ -8,6 +8,7 @@ modules of this project (no torch, no Ray, no zarr, no scipy): an inference host
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.atomic import atomic_path
 from data_prep.discover import SubjectError, find_subjects, nifti_stem, parse_stem, subject_from_folder
 from data_prep.errors import InputError
 from data_prep.nifti import load_contrasts
@@ -89,32 +91,21 @@ def output_paths(out_dir: str | os.PathLike, sid: str, naming: Naming, targets) 
 def write_outputs(outputs: dict[str, np.ndarray], reference: Volume, paths: dict[str, Path]) -> list[str]:
     """Write float32 NIfTIs with the reference input's affine and header, all or none.
 
-    Each file goes to a temp name first; they are renamed into place only after every one was
-    written, so an error leaves no partial output.
+    Each file goes to a temp name first (:func:`data_prep.atomic.atomic_path`); they are renamed into
+    place only after every one was written, so an error leaves no partial output.
     """
     import nibabel as nib
 
-    tmps: list[tuple[Path, Path]] = []
-    try:
+    with contextlib.ExitStack() as stack:  # leaving it renames every file, or (on an error) removes them
         for t, data in outputs.items():
-            final = Path(paths[t])
-            final.parent.mkdir(parents=True, exist_ok=True)
             header = reference.header.copy()
             header.set_data_dtype(np.float32)
             img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine, header)
             img.header.set_slope_inter(1.0, 0.0)
             img.header["cal_min"], img.header["cal_max"] = 0.0, 0.0
             img.header["descrip"] = f"cclray synthesized {t} (z-scored units)".encode()[:79]
-            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}.nii.gz")
-            nib.save(img, str(tmp))
-            tmps.append((tmp, final))
-        for tmp, final in tmps:
-            os.replace(tmp, final)
-        return [str(f) for _, f in tmps]
-    finally:
-        for tmp, _ in tmps:
-            if tmp.exists():
-                tmp.unlink()
+            nib.save(img, str(stack.enter_context(atomic_path(paths[t], suffix=".tmp.nii.gz"))))
+    return [str(paths[t]) for t in outputs]
 
 
 # ---------------------------------------------------------------- ONNX external data (security)

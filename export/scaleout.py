@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from data_prep.objstore import check_bucket, is_local, location, write_bytes_atomic
+from data_prep.atomic import atomic_write
+from data_prep.objstore import check_bucket, is_local, location
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def synthesize_subject(synth, job: SubjectJob, out: str, overlap: float | None =
                 written = []
                 for f in local:
                     target = dest / Path(f).name
-                    write_bytes_atomic(target, Path(f).read_bytes())
+                    atomic_write(target, Path(f).read_bytes())
                     written.append(str(target))
     except Exception as e:  # reported against the subject; the cohort goes on
         log.debug("subject %s failed", job.sid, exc_info=True)

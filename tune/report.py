@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+from data_prep.atomic import atomic_write
 from data_prep.errors import UserError
 from tune.space import DEFAULT_POINT, POINT_KEYS
 from tune.trial import METRIC, MODE, read_record
@@ -137,12 +138,10 @@ def write_summary(rows: list[dict], best: dict | None, path: Path) -> Path:
 
 def write_figure(rows: list[dict], path: Path) -> Path:
     """``METRIC`` against each searched setting, one panel each; the no-pretrain arm drawn as crosses."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from data_prep.figures import new_figure, save_png
 
     keys = [k for k in POINT_KEYS if k != "pretrain"]
-    fig = Figure(figsize=(3.2 * 4, 2.8 * 2), layout="constrained")
-    canvas = FigureCanvasAgg(fig)
+    fig = new_figure((3.2 * 4, 2.8 * 2))
     axes = fig.subplots(2, 4).ravel()
     done = [r for r in rows if r["status"] != "error" and math.isfinite(_num(r["metric"]))]
     for ax, key in zip(axes, keys):
@@ -164,10 +163,7 @@ def write_figure(rows: list[dict], path: Path) -> Path:
     axes[0].legend(fontsize=7, title="red: stopped by ASHA", title_fontsize=7)
     axes[-1].set_visible(len(keys) >= len(axes))
     fig.suptitle(f"{METRIC} (last report) vs settings; no-pretraining trials drawn at the reference value")
-    tmp = path.with_suffix(".tmp.png")
-    canvas.print_png(str(tmp))
-    os.replace(tmp, path)
-    return path
+    return save_png(fig, path, dpi=100)
 
 
 def write_report(grid, cfg) -> dict:
@@ -194,9 +190,7 @@ def write_report(grid, cfg) -> dict:
                 "point": {k: best[k] for k in POINT_KEYS}, "checkpoint": best["checkpoint"],
                 "finetune_run": best["finetune_run"], "pretrain_run": record.get("pretrain_run"),
                 "constraint": best["constraint"], "sweep": cfg.to_dict()}
-        tmp = out / (BEST_JSON + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, out / BEST_JSON)
+        atomic_write(out / BEST_JSON, json.dumps(data, indent=1, sort_keys=True, default=str))
         paths["best"] = str(out / BEST_JSON)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "stopped", "error")}
     return {"paths": paths, "best": best, "counts": counts, "rows": rows}

@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from data_prep.atomic import atomic_write
 from data_prep.constraint import ConstraintSpec
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ def _train(stage: str, cfg, run: Path, resources: dict, callbacks=()) -> None:
 
 def write_record(trial_dir: Path, record: dict) -> None:
     """``trial.json`` (atomic)."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    tmp = trial_dir / (TRIAL_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, trial_dir / TRIAL_FILE)
+    atomic_write(trial_dir / TRIAL_FILE, json.dumps(record, indent=1, sort_keys=True, default=str))
 
 
 def read_record(trial_dir: str | os.PathLike) -> dict:

@@ -219,7 +219,8 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     """``cclray pretrain|finetune``: build and check the config, train with Ray, print where it went."""
     from cclray.curves import plot_curves
     from cclray.train import fit, run_location
-    from data_prep.objstore import is_local, location, write_bytes_atomic
+    from data_prep.atomic import atomic_write
+    from data_prep.objstore import is_local, location
 
     _show_terminal_logs(bool(getattr(args, "verbose", False)))
     if args.max_failures < 0:
@@ -245,7 +246,7 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
 
             with tempfile.TemporaryDirectory() as tmp:
                 png = plot_curves([run_dir], [run_dir.name], Path(tmp) / "curves.png")
-                write_bytes_atomic(run_dir / "curves.png", png.read_bytes())
+                atomic_write(run_dir / "curves.png", png.read_bytes())
             print(f"curves: {run_dir / 'curves.png'}")
     except Exception as e:  # a finished training is not failed by its figure
         log.warning("could not draw %s: %s", run_dir / "curves.png", e)

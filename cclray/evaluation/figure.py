@@ -2,7 +2,8 @@
 
 One row per target contrast; columns: the input contrasts (T1Gd, FLAIR), the target, each run's
 synthesis, then each run's ``|synthesis - target|``. All panels show the same axial slice (third
-array axis): the one with the largest tumour area in ``seg``, else the middle of the brain. Colour
+array axis) chosen by :func:`data_prep.figures.default_slice`: the largest tumour area in ``seg``, else
+the middle of the brain. Colour
 scales are shared: within a row the target and every synthesis use the target's 0.5-99.5 brain
 percentiles; every error map of the figure uses one scale (0 to the 99th percentile of all errors
 in the brain slice). The tumour outline is drawn on the first input when ``seg`` exists.
@@ -15,19 +16,10 @@ from typing import Mapping
 
 import numpy as np
 
+from data_prep.figures import default_slice, new_figure, save_png
+from data_prep.schema import CONTRAST_DISPLAY as DISPLAY
+
 log = logging.getLogger(__name__)
-
-DISPLAY = {"t1w": "T1w", "t1gd": "T1Gd", "t2w": "T2w", "flair": "FLAIR"}
-
-
-def choose_slice(mask: np.ndarray, seg: np.ndarray | None = None) -> int:
-    """Axial index (third axis) through the largest tumour area, else through the brain's middle."""
-    if seg is not None and (seg > 0).any():
-        return int(np.argmax((seg > 0).sum(axis=(0, 1))))
-    zs = np.flatnonzero(np.asarray(mask).any(axis=(0, 1)))
-    if zs.size == 0:
-        return mask.shape[2] // 2
-    return int((zs[0] + zs[-1]) // 2)
 
 
 def _show(ax, img2d: np.ndarray, vmin: float, vmax: float, brain2d: np.ndarray, cmap: str = "gray"):
@@ -62,21 +54,16 @@ def draw_figure(path: str | Path, inputs: Mapping[str, np.ndarray], targets: Map
         mask, seg: ``(X, Y, Z)`` brain mask and optional BraTS labels.
         ssim: ``{run label: {contrast: SSIM}}`` shown in the synthesis titles.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     mask = np.asarray(mask, dtype=bool)
-    z = choose_slice(mask, seg)
+    z = default_slice(mask, seg, axis=2)
     m2 = mask[:, :, z]
     runs = list(predictions)
     rows = list(targets)
     ncols = len(inputs) + 1 + 2 * len(runs)
     sx, sy = mask.shape[0], mask.shape[1]
     panel = 2.3
-    fig, axes = plt.subplots(len(rows), ncols, squeeze=False, layout="constrained",
-                             figsize=(panel * ncols * max(sx / sy, 0.6) + 0.9, panel * len(rows) + 0.8))
+    fig = new_figure((panel * ncols * max(sx / sy, 0.6) + 0.9, panel * len(rows) + 0.8))
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
     errors = {(r, c): np.abs(predictions[r][c][:, :, z] - targets[c][:, :, z]) * m2
               for r in runs for c in rows if c in predictions[r]}
     err_vals = np.concatenate([e[m2] for e in errors.values()]) if errors else np.zeros(0)
@@ -117,8 +104,4 @@ def draw_figure(path: str | Path, inputs: Mapping[str, np.ndarray], targets: Map
             fig.colorbar(err_im, ax=row[col - 1], fraction=0.05, pad=0.02).ax.tick_params(labelsize=7)
         row[0].set_ylabel(DISPLAY.get(contrast, contrast), fontsize=11)
     fig.suptitle((title + " — " if title else "") + f"axial slice z={z}", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=dpi, bbox_inches="tight")

@@ -16,13 +16,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from data_prep.schema import CONTRAST_DISPLAY as DISPLAY
 from data_prep.schema import CONTRASTS
 
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS: tuple[str, ...] = ("run", "subject", "contrast", "method", "region", "ssim", "mse", "psnr")
 METRICS: tuple[str, ...] = ("ssim", "mse", "psnr")
-DISPLAY = {"t1w": "T1w", "t1gd": "T1Gd", "t2w": "T2w", "flair": "FLAIR"}
 DECIMALS = {"ssim": 3, "mse": 3, "psnr": 2}
 PUBLISHED_LABEL = "published (BraTS 2021)"
 #: The seed paper's table (BraTS 2021, pretrain n=80, finetune n=10), paper way: (SSIM, MSE, PSNR),

@@ -9,6 +9,7 @@ from brats_files import _stub_map as stub_constraint_map
 from brats_files import write_subject_dir
 
 from data_prep import objstore
+from data_prep.atomic import atomic_write
 from data_prep.objstore import S3Settings, StorageURLError
 from data_prep.reader import PatchReader
 from data_prep.store import Store, StoreError
@@ -157,7 +158,7 @@ def test_constraint_command_on_s3(tmp_path, s3_bucket, capsys, stub_constraint):
 
 def test_location_is_pathlike_on_both(tmp_path, s3_bucket):
     for base in (objstore.location(tmp_path / "run"), objstore.location(f"{s3_bucket}/runs/x")):
-        objstore.write_bytes_atomic(base / "a" / "meta.json", b'{"step": 3}')
+        atomic_write(base / "a" / "meta.json", b'{"step": 3}')
         assert (base / "a" / "meta.json").read_text() == '{"step": 3}'
         assert [p.name for p in base.iterdir()] == ["a"] and (base / "a").is_dir()
         assert (base / "a" / "meta.json").stat().st_size == 11 and not (base / "b").exists()
