@@ -108,9 +108,9 @@ def checkpoints(report, s3: S3Server, repeat: int) -> None:
     import torch
 
     from cclray.checkpoint import load_checkpoint, save_checkpoint
+    from cclray.config import FinetuneConfig
     from cclray.models import build_synthesizer
     from cclray.runs import checkpoint_name, find_checkpoint
-    from cclray.config import FinetuneConfig
     from data_prep.objstore import pyarrow_filesystem
 
     cfg = FinetuneConfig.from_dict({"store": "s.zarr"})

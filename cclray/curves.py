@@ -1,7 +1,8 @@
 """Training curves of one or more runs as one PNG: train loss per epoch (one panel per stage, since the
 CCL and synthesis losses have different scales) and, for finetune runs, validation L1 and SSIM.
 
-Reads each run's ``metrics.csv`` and ``config.json`` (:mod:`cclray.runs`); drawn in the project's figure style (:mod:`data_prep.figures`).
+Reads each run's ``metrics.csv`` and ``config.json`` (:mod:`cclray.runs`); drawn in the project's figure
+style (:mod:`data_prep.figures`).
 """
 from __future__ import annotations
 

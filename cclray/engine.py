@@ -28,8 +28,14 @@ from torch import nn
 from cclray.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cclray.data import PatchDataset, make_loader
 from cclray.models import to_channels_last
-from cclray.runs import (MetricsLog, checkpoint_name, find_checkpoint, install_checkpoint, prune_checkpoints,
-                         write_run_config)
+from cclray.runs import (
+    MetricsLog,
+    checkpoint_name,
+    find_checkpoint,
+    install_checkpoint,
+    prune_checkpoints,
+    write_run_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +320,8 @@ def run_stage(cfg, ctx: TrainContext, stage: Stage) -> dict:
             "weight_checksum": rank_checksums[ctx.rank], "rank_checksums": rank_checksums,
             "rank_sids": rank_sids,
         }
-        log.log(logging.INFO if ctx.is_main else logging.DEBUG, "%s epoch %d/%d step %d loss %.4f%s lr %.2e %.2f steps/s",
-                stage.name, done, cfg.epochs, step, mean_loss,
+        log.log(logging.INFO if ctx.is_main else logging.DEBUG,
+                "%s epoch %d/%d step %d loss %.4f%s lr %.2e %.2f steps/s", stage.name, done, cfg.epochs, step, mean_loss,
                 "".join(f" {k} {v:.4f}" for k, v in val.items()) if validated else "", metrics["lr"],
                 metrics["steps_per_s"])
         if metrics_log is not None:

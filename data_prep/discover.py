@@ -1,9 +1,9 @@
 """Find BraTS subject folders and tell which file naming each one uses: the one reader of BraTS folders.
 
 A subject folder is any folder under ``SRC_DIR`` (at any depth, hidden folders such as ``.partial/``
-excluded) that directly holds ``.nii.gz`` or ``.nii`` files. Its naming (:data:`data_prep.schema.NAMINGS`: BraTS 2021 ``_t1, _t1ce, _t2, _flair,
-_seg`` or BraTS 2023+ ``-t1n, -t1c, -t2w, -t2f, -seg``) is detected from the files present; ``seg`` is
-optional. The subject id is the files' common prefix. Which contrasts a subject must have is the
+excluded) that directly holds ``.nii.gz`` or ``.nii`` files. Its naming (:data:`data_prep.schema.NAMINGS`:
+BraTS 2021 ``_t1, _t1ce, _t2, _flair, _seg`` or BraTS 2023+ ``-t1n, -t1c, -t2w, -t2f, -seg``) is detected
+from the files present; ``seg`` is optional. The subject id is the files' common prefix. Which contrasts a subject must have is the
 caller's (``contrasts``): all four for ``cclray prep``, the model's inputs for ``cclray synthesize``;
 so both accept the same folders. Problems of one subject (unknown naming, a missing contrast) are
 collected as :class:`SubjectError` so the caller can skip that subject; problems of the whole folder

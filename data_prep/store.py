@@ -15,8 +15,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from .errors import UserError
 from . import objstore
+from .errors import UserError
 from .schema import CONTRASTS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)

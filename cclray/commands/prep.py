@@ -22,11 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--constraint", action="append", default=None, metavar="SPEC",
                         help="constraint-map setting, e.g. 't1w,t1gd,t2w,flair:k=20' or 't1gd,t1w:k=30,seed=1'; "
                              f"repeat for several (default: {DEFAULT_SPEC.name})")
-    parser.add_argument("--splits", default=",".join(f"{k}={v}" for k, v in PAPER_SPLITS.items()), metavar="NAME=N,...",
+    parser.add_argument("--splits", default=",".join(f"{k}={v}" for k, v in PAPER_SPLITS.items()),
+                        metavar="NAME=N,...",
                         help="split sizes in subjects, scaled down for smaller cohorts (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=PrepConfig.seed, help="seed of the splits (default %(default)s)")
     parser.add_argument("--allow-skips", action="store_true", help="exit 0 even when some subjects failed")
-    parser.add_argument("--margin", type=int, default=None, help=f"voxels kept around the brain box (default {DEFAULT_MARGIN})")
+    parser.add_argument("--margin", type=int, default=None,
+                        help=f"voxels kept around the brain box (default {DEFAULT_MARGIN})")
     parser.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                         help=f"intensity clip percentiles inside the brain (default {DEFAULT_PERCENTILES[0]:g} "
                              f"{DEFAULT_PERCENTILES[1]:g})")
@@ -35,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "voxels, for CPU-sized experiments); the source affine is kept so outputs go back "
                              "onto the source grid (default: keep each source's grid, 1 mm for BraTS)")
     parser.add_argument("--codec", default=None, choices=("blosc-lz4", "blosc-zstd", "none"),
-                        help=f"compression of the arrays (default {layout.codec}; blosc-lz4: 15.9 MB a phantom subject, "
-                             "64³ patch in 2.2 ms; 'none': 31 MB, 1.2 ms; docs/BENCHMARKS.md)")
+                        help=f"compression of the arrays (default {layout.codec}; blosc-lz4: 15.9 MB a phantom "
+                             "subject, 64³ patch in 2.2 ms; 'none': 31 MB, 1.2 ms; docs/BENCHMARKS.md)")
     parser.add_argument("--chunk", type=int, default=None, metavar="C",
                         help=f"spatial chunk edge of the image arrays, (4, C, C, C) chunks (default {layout.chunk})")
 

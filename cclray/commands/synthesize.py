@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             vols = rio.load_inputs(files, sid)
             out = synth.synthesize({c: v.data for c, v in vols.items()}, {c: v.affine for c, v in vols.items()},
                                    overlap=args.overlap, batch_size=args.batch or DEFAULT_BATCH)
-            written = rio.write_outputs(out, vols[card.inputs[0]], rio.output_paths(args.out, sid, naming, card.targets))
+            paths = rio.output_paths(args.out, sid, naming, card.targets)
+            written = rio.write_outputs(out, vols[card.inputs[0]], paths)
         except UserError as e:
             if not cohort:
                 raise

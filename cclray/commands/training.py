@@ -41,9 +41,11 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help=f"Ray Train workers (DDP ranks; default: config's num_workers, {d.num_workers})")
     parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
-    parser.add_argument("--epochs", type=int, default=None, metavar="E", help=f"epochs (default: config's, {d.epochs})")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E",
+                        help=f"epochs (default: config's, {d.epochs})")
     parser.add_argument("--steps", type=int, default=None, metavar="S",
-                        help=f"optimizer steps per epoch on every worker (steps_per_epoch; default {d.steps_per_epoch})")
+                        help=f"optimizer steps per epoch on every worker (steps_per_epoch; default "
+                             f"{d.steps_per_epoch})")
     if stage == "pretrain":
         parser.add_argument("--constraint", default=None, metavar="NAME",
                             help=f"constraint map of the store to pretrain with (default: {DEFAULT_CONSTRAINT}, "

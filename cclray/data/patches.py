@@ -27,8 +27,16 @@ from cclray.config import PatchConfig
 from data_prep.config import ConfigError
 from data_prep.schema import canonical_contrast, channel_index
 
-from .sampling import (box_around, choose_centre, cut, foreground_sample, region_size, shard_subjects,
-                       subject_seed, worker_count)
+from .sampling import (
+    box_around,
+    choose_centre,
+    cut,
+    foreground_sample,
+    region_size,
+    shard_subjects,
+    subject_seed,
+    worker_count,
+)
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from data_prep.schema import NAMINGS, channel_index, canonical_contrast
+from data_prep.schema import NAMINGS, canonical_contrast, channel_index
 
 from .metrics import subject_metrics
 from .report import summarize, write_metrics_csv, write_summary, write_synth_nifti

@@ -6,11 +6,29 @@ import numpy as np
 import pytest
 import torch
 
-from cclray.checkpoint import (CKPT_FILE, META_FILE, CheckpointError, checkpoint_config, is_complete,
-                               load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state)
+from cclray.checkpoint import (
+    CKPT_FILE,
+    META_FILE,
+    CheckpointError,
+    checkpoint_config,
+    is_complete,
+    load_checkpoint,
+    read_meta,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from cclray.config import FinetuneConfig, PretrainConfig
-from cclray.runs import (MetricsLog, checkpoint_dirs, checkpoint_name, find_checkpoint, latest_intact_checkpoint,
-                         prune_checkpoints, read_run_config, write_run_config)
+from cclray.runs import (
+    MetricsLog,
+    checkpoint_dirs,
+    checkpoint_name,
+    find_checkpoint,
+    latest_intact_checkpoint,
+    prune_checkpoints,
+    read_run_config,
+    write_run_config,
+)
 
 CFG = PretrainConfig.from_dict({"store": "s.zarr", "model": {"widths": [8, 16, 32]}})
 

@@ -6,7 +6,7 @@ import torch
 
 from cclray.checkpoint import CheckpointError, read_meta
 from cclray.config import FinetuneConfig, PretrainConfig
-from cclray.engine import LocalContext, weight_checksum
+from cclray.engine import LocalContext
 from cclray.engine_finetune import run_finetune
 from cclray.engine_pretrain import run_pretrain
 from cclray.runs import MetricsLog, checkpoint_dirs, find_checkpoint, load_synthesizer

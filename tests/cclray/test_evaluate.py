@@ -153,8 +153,8 @@ def test_inf_psnr_is_written_and_left_out_of_means(tmp_path):
     assert psnr_a == {"mean": 25.0, "sd": pytest.approx(math.sqrt(50)), "n": 3, "n_inf": 1}
     assert summary["results"]["paper"]["B"]["brain"]["t1w"]["psnr"]["mean"] is None
     md = render_markdown(summary)
-    line_a = next(l for l in md.splitlines() if l.startswith("| A |"))
-    line_b = next(l for l in md.splitlines() if l.startswith("| B |"))
+    line_a = next(ln for ln in md.splitlines() if ln.startswith("| A |"))
+    line_b = next(ln for ln in md.splitlines() if ln.startswith("| B |"))
     assert "25.00 ± 7.07 (1 inf)" in line_a and line_b.split("|")[4].strip() == "inf"
     json.dumps(summary, allow_nan=False)  # JSON-safe: no inf / nan left
 

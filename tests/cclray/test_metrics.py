@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from cclray.evaluation.metrics import (
-    MIN_EDGE, brasyn_metrics, brasyn_scale, paper_metrics, psnr_from_mse, regions, ssim_map, subject_metrics,
+    MIN_EDGE,
+    brasyn_metrics,
+    brasyn_scale,
+    paper_metrics,
+    psnr_from_mse,
+    regions,
+    ssim_map,
+    subject_metrics,
 )
 
 SHAPE = (16, 18, 14)  # (X, Y, Z): every axis >= the 11-voxel SSIM window

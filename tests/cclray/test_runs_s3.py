@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cclray.checkpoint import CheckpointError, is_complete, load_checkpoint, read_meta, save_checkpoint
+from cclray.config import PretrainConfig
 from cclray.runs import (
     MetricsLog,
     checkpoint_dirs,
@@ -23,7 +24,6 @@ from cclray.runs import (
     read_run_config,
     write_run_config,
 )
-from cclray.config import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = PretrainConfig.from_dict({"store": "s3://b/store.zarr"})

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from brats_files import _stub_map as stub_constraint_map
 from brats_files import write_subject_dir
-
 from data_prep import objstore
 from data_prep.atomic import atomic_write
 from data_prep.objstore import S3Settings, StorageURLError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep import phantom
-from data_prep.phantom_tissue import REFERENCE, null_ti, inversion_recovery
+from data_prep.phantom_tissue import REFERENCE, inversion_recovery, null_ti
 from data_prep.schema import CONTRASTS, NAMINGS
 
 SEED = 123

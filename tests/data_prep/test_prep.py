@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import test_nifti as broken  # the file breakers
-from brats_files import SHAPE, _stub_map as stub_constraint_map, contrast_file, make_volumes, write_subject_dir
+from brats_files import SHAPE, contrast_file, make_volumes, write_subject_dir
+from brats_files import _stub_map as stub_constraint_map
 from data_prep import preprocess
 from data_prep.config import ConfigError
 from data_prep.prep import PrepConfig, run_prep

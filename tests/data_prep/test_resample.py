@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_files import AFFINE, SHAPE, _stub_map as stub_constraint_map, write_subject_dir
+from brats_files import AFFINE, SHAPE, write_subject_dir
+from brats_files import _stub_map as stub_constraint_map
 from data_prep import resample
 from data_prep.config import ConfigError
 from data_prep.prep import PrepConfig, run_prep

@@ -1,7 +1,6 @@
 import pytest
 
-from data_prep.schema import (CONTRASTS, NAMINGS, canonical_contrast, channel_index, constraint_name,
-                              safe_subject_id)
+from data_prep.schema import CONTRASTS, NAMINGS, canonical_contrast, channel_index, constraint_name, safe_subject_id
 
 
 @pytest.mark.parametrize("alias, canonical", [

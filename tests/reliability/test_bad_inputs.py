@@ -198,7 +198,6 @@ def _export(tmp: Path, source: Callable[[Path], Path]) -> Outcome:
 # ------------------------------------------------------------------------------------------ runtime
 def _onnx(tmp: Path, card: bool = True, external: str | None = None) -> Path:
     """An ``image (B, 2, X, Y, Z) -> synthesis`` identity-like model (with or without a cclray card)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from export.card import ModelCard
@@ -270,7 +269,7 @@ CASES = [
     Case("prep-unsafe-subject-id", lambda t, s: _prep(t, lambda f: _rename_all(f, BAD_SID, "..")),
          rf"src/{F}\b", "rename the folder"),
     Case("prep-duplicate-subjects", lambda t, s: _prep_whole(t, _duplicate),
-         rf"src/site_a.*src/site_b", "remove or rename one"),
+         r"src/site_a.*src/site_b", "remove or rename one"),
     Case("prep-empty-folder", lambda t, s: _prep_whole(t, _empty),
          r"/src holds no", "point SRC_DIR at the BraTS folder"),
     # training config: refused naming the key, before Ray starts or the run folder exists

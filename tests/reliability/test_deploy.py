@@ -65,8 +65,8 @@ def test_ray_up_cluster_yaml_passes_rays_schema_and_its_commands_run_here():
     assert any("cclray[train]" in line for line in lines) and not any("mount" in line for line in lines)
     commands = [c for line in lines for c in _cclray_commands(line)]
     header = (DEPLOY / "ray-cluster.yaml").read_text().split("cluster_name:")[0]
-    commands += _cclray_commands(" ".join(l.lstrip("# ").rstrip("\\") for l in header.splitlines()
-                                          if "cclray pretrain" in l))
+    commands += _cclray_commands(" ".join(ln.lstrip("# ").rstrip("\\") for ln in header.splitlines()
+                                          if "cclray pretrain" in ln))
     assert commands and any(c[1:2] == ["pretrain"] for c in commands)
     for argv in commands:
         _check_flags(argv)

@@ -7,9 +7,9 @@ import math
 import multiprocessing
 
 import pytest
-from conftest import make_tiny_store
 
 from cclray.checkpoint import is_complete
+from conftest import make_tiny_store
 from data_prep.config import ConfigError
 from data_prep.constraint import ConstraintSpec
 from tune.report import SweepReportError, best_checkpoint, pick_best, read_csv
