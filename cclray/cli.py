@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 # name -> one-line help (kept here so `--help` imports no command module)
@@ -37,7 +36,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="cclray", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cclray {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: every library's INFO lines, Ray's worker logs, the project's debug lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     # only the chosen command's module is imported (all of them when none is chosen, e.g. for docs)
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from cclray import console
+
+    console.setup(verbose=args.verbose)
     if not getattr(args, "_command", None):
         parser.print_help()
         return 0

@@ -188,21 +188,26 @@ def train_and_evaluate(cfg: DemoConfig, store: str, run_root: Path, eval_dir: Pa
                        first: int, total: int, seed: int | None = None) -> dict[str, Path]:
     """Steps ``first`` .. ``first + 3``: CCL pretrain, finetune from it, finetune from scratch with the same
     budget, evaluate both on the test split. ``seed`` (default ``cfg.seed``) seeds the training only."""
+    from cclray.console import epoch_progress
     from cclray.train import fit
     from data_prep.store import Store
+
+    def train(stage: str, config: dict, run: Path, label: str):
+        with epoch_progress(run, label, int(config["epochs"])):
+            return fit(stage, config, run, resume=run.exists())
 
     cfg = cfg if seed is None else cfg.replace(seed=seed)
     runs = {k: run_root / k for k in ("pretrain", "ccl", "scratch")}
     step(first, total, f"CCL pretraining (Ray Train, {cfg.workers} worker(s)) -> {runs['pretrain']}",
-         lambda: fit("pretrain", stage_dict(cfg, store, "pretrain", cfg.pretrain_epochs), runs["pretrain"],
-                     resume=runs["pretrain"].exists()),
+         lambda: train("pretrain", stage_dict(cfg, store, "pretrain", cfg.pretrain_epochs), runs["pretrain"],
+                       "pretrain"),
          done=trained(runs["pretrain"]))
     ccl = {**stage_dict(cfg, store, "finetune", cfg.finetune_epochs), "init": str(runs["pretrain"])}
     step(first + 1, total, f"finetune from CCL -> {runs['ccl']}",
-         lambda: fit("finetune", ccl, runs["ccl"], resume=runs["ccl"].exists()), done=trained(runs["ccl"]))
+         lambda: train("finetune", ccl, runs["ccl"], "finetune CCL"), done=trained(runs["ccl"]))
     scratch = stage_dict(cfg, store, "finetune", cfg.finetune_epochs)
     step(first + 2, total, f"finetune from scratch (baseline, same budget) -> {runs['scratch']}",
-         lambda: fit("finetune", scratch, runs["scratch"], resume=runs["scratch"].exists()),
+         lambda: train("finetune", scratch, runs["scratch"], "finetune scratch"),
          done=trained(runs["scratch"]))
 
     def evaluate():

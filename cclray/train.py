@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 
 from cclray.checkpoint import load_checkpoint, read_meta
 from cclray.config import StageConfig, stage_config
+from cclray.console import FORMAT, is_verbose
 from cclray.engine import TrainContext
 from cclray.runs import checkpoint_dirs, find_checkpoint, latest_intact_checkpoint, write_run_config
 from data_prep.errors import UserError
@@ -106,13 +107,45 @@ def quiet_ray_report_logs() -> None:
                 logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def setup_ray_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` (``cclray.train.init_ray``), run in every process of the job.
+
+    Pins ``RAY_ADDRESS`` to this job's cluster, so Ray Train's State API calls (its placement-group
+    cleaner) do not fail with "Found multiple active Ray instances" on a host running several Ray
+    instances. Without -v (``CCLRAY_VERBOSE`` unset) Ray's own INFO lines are hidden, warnings kept."""
+    try:
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - an older Ray without it: the State API guesses, as before
+        pass
+    if not os.environ.get("CCLRAY_VERBOSE"):
+        logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+def init_ray(**kwargs) -> None:
+    """Start (or join, ``address=...``) Ray unless it runs, as quiet as the console (:mod:`cclray.console`):
+    without ``cclray -v`` Ray's INFO lines are hidden, in the driver (its start banner) and in every
+    process of the job (via the worker setup hook :func:`setup_ray_worker`, which also pins
+    the job's address for Ray's State API); their warnings and errors still reach the terminal."""
+    if ray.is_initialized():
+        return
+    env = dict(kwargs.pop("runtime_env", None) or {})
+    env.setdefault("worker_process_setup_hook", "cclray.train.setup_ray_worker")
+    if is_verbose():
+        env["env_vars"] = {**env.get("env_vars", {}), "CCLRAY_VERBOSE": "1"}
+    else:
+        kwargs.setdefault("logging_level", logging.WARNING)
+    ray.init(runtime_env=env, **kwargs)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray's worker function: plain dict -> typed config first, then the framework-free engine."""
     stage = config["stage"]
     cfg = stage_config(stage, config["config"])  # a bad key fails here, before any work
     torch.set_num_threads(int(config.get("threads", 1)))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    verbose = bool(config.get("verbose"))  # the driver's console (cclray -v): else the driver shows the epochs
+    logging.basicConfig(level=logging.INFO, format=FORMAT, datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("cclray").setLevel(logging.INFO if verbose else logging.WARNING)
     quiet_ray_report_logs()
     ctx = RayContext(config.get("run_dir"), config.get("resume_from"))
     if stage == "pretrain":
@@ -161,8 +194,7 @@ def fit(stage: str, cfg: StageConfig | dict, out: str | os.PathLike, num_workers
         else:
             log.warning("nothing to resume in %s: starting from scratch", out)
     write_run_config(out, stage, cfg)
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     trainer = build_trainer(stage, cfg, out, resume_from=resume_from, max_failures=max_failures,
                             placement_strategy=placement_strategy)
     result = trainer.fit()
@@ -191,7 +223,7 @@ def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_f
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "config": cfg.to_dict(), "run_dir": str(out),
-                           "resume_from": resume_from, "threads": threads},
+                           "resume_from": resume_from, "threads": threads, "verbose": is_verbose()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=dict(resources_per_worker),
                                      placement_strategy=placement_strategy),
@@ -203,5 +235,7 @@ def build_trainer(stage: str, cfg: StageConfig, out: str | os.PathLike, resume_f
             failure_config=FailureConfig(max_failures=max_failures,
                                          controller_failure_limit=controller_failure_limit),
             callbacks=list(callbacks) or None,
+            # Ray Train's own console lines (controller, process group, device): INFO only with cclray -v
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if is_verbose() else "WARNING"),
         ),
     )

@@ -36,7 +36,7 @@ def save_png(fig, path: str | Path, dpi: int = 110, **kwargs) -> Path:
     path = Path(path)
     with atomic_path(path, suffix=".tmp.png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", **kwargs)
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)
     return path
 
 

@@ -198,11 +198,11 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> dict:
     import ray
     from ray import tune
 
+    from cclray.train import init_ray
     from tune.report import write_report
 
     cfg = SweepConfig.from_dict(cfg.to_dict()) if isinstance(cfg, SweepConfig) else SweepConfig.from_dict(cfg)
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     exp = cfg.experiment_path
     exists = tune.Tuner.can_restore(exp)
     if exists and not resume:

@@ -19,17 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     from export.onnx_export import export_onnx
 
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes log every deduplicated initializer
     source = args.run or args.checkpoint
     if getattr(args, "sweep", None):
         from tune.report import best_checkpoint
 
         source = str(best_checkpoint(args.sweep))
         print(f"sweep {args.sweep}: best trial's checkpoint {source}")
+    print(f"exporting {source} to {args.out} (opset {args.opset}, {'fp16' if args.fp16 else 'fp32'} weights; "
+          f"torch.export, then parity against torch) ...", flush=True)
     report = export_onnx(source, args.out, fp16=args.fp16, opset=args.opset, parity_patch=args.parity_patch)
     card = report["card"]
     print(f"wrote {report['path']} ({report['precision']}, {report['bytes'] / 1e6:.1f} MB) "

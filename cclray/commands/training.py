@@ -191,13 +191,6 @@ def preflight(cfg) -> None:
 
 
 # ---------------------------------------------------------------------------------------- the run
-def _show_terminal_logs(verbose: bool) -> None:
-    """Make sure the driver's log lines (cclray.*, the forwarded per-epoch lines) reach the terminal."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("cclray").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 def final_metrics(result: dict, run_dir: Path) -> dict:
     """The last epoch's metrics: Ray's last checkpointed report, else the last row of metrics.csv."""
     from cclray.runs import MetricsLog
@@ -219,12 +212,12 @@ def _fmt(v) -> str:
 
 def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     """``cclray pretrain|finetune``: build and check the config, train with Ray, print where it went."""
+    from cclray.console import epoch_progress
     from cclray.curves import plot_curves
     from cclray.train import fit, run_location
     from data_prep.atomic import atomic_write
     from data_prep.objstore import is_local, location
 
-    _show_terminal_logs(bool(getattr(args, "verbose", False)))
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures {args.max_failures}: must be >= 0")
     cfg = build_config(args, stage)
@@ -235,7 +228,8 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
           f"{cfg.epochs} epoch(s) x {cfg.steps_per_epoch} step(s), store {cfg.store}"
           + (f", init {init or 'scratch (random weights)'}" if stage == "finetune" else "")
           + f", run {out}", flush=True)
-    result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
+    with epoch_progress(out, stage, cfg.epochs, poll_s=1.0 if is_local(out) else 10.0):  # a GET a poll on S3
+        result = fit(stage, cfg, out, resume=args.resume, max_failures=args.max_failures)
     run_dir = location(result["run_dir"])
     print(f"\nrun:    {run_dir}\nbest:   {result['best']}\nlatest: {result['latest']}")
     metrics = final_metrics(result, run_dir)

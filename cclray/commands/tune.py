@@ -44,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
-
+    from cclray.train import init_ray
     from tune.space import SearchSpace
     from tune.sweep import SweepConfig, run_sweep
 
@@ -55,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
                       cpus_per_worker=args.cpus_per_worker, seed=args.seed, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor, trial_retries=args.trial_retries,
                       space=SearchSpace(pretrain_arm=not args.no_pretrain_arm))
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    init_ray(address=args.address)
     out = run_sweep(cfg, resume=args.resume)
     c = out["counts"]
     print(f"{sum(c.values())} trials: {c['ok']} finished, {c['stopped']} stopped early by ASHA, {c['error']} failed")

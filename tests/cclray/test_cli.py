@@ -52,7 +52,7 @@ def test_one_error_contract(tmp_path, capsys):
         assert code == 2, (command, argv, err)
         assert err.startswith(f"cclray {command}: error: ") and err.count("\n") == 1, (command, err)
         assert names.replace("TMP", str(tmp_path)) in err and "Traceback" not in err, (command, err)
-        assert "error" not in out, (command, out)
+        assert "error:" not in out, (command, out)
     with pytest.raises(SystemExit) as e:  # argparse's own usage errors exit 2 too
         main(["phantom"])
     assert e.value.code == 2 and "error:" in capsys.readouterr().err
