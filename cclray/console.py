@@ -78,6 +78,8 @@ def epoch_progress(run_dir: str | Path, stage: str, epochs: int, poll_s: float =
         except (OSError, ValueError):  # the file is being rewritten (a resumed run truncates it)
             return
         for row in rows:
+            if not row.get("time"):  # the last column: a row rank 0 is still writing
+                continue
             epoch = int(row["epoch"])
             if epoch <= shown["epoch"]:
                 continue

@@ -41,12 +41,13 @@ def test_setup_shows_the_project_and_hides_noise_unless_verbose(restore_logging,
 def test_epoch_progress_reports_each_epoch_once(tmp_path, caplog):
     """Without a terminal (pytest), one INFO line an epoch, in order, read while the block runs."""
     metrics = MetricsLog(tmp_path)
-    metrics.append({"epoch": 1, "step": 2, "loss": 0.5})  # a resumed run's first epoch: already done
+    metrics.append({"epoch": 1, "step": 2, "loss": 0.5, "time": 1.0})  # a resumed run's first epoch: done
     with caplog.at_level(logging.INFO, logger="cclray.progress"):
         with console.epoch_progress(tmp_path, "finetune", 3, poll_s=0.05):
             for epoch in (2, 3):
                 time.sleep(0.2)
-                metrics.append({"epoch": epoch, "step": 2 * epoch, "loss": 0.5 / epoch, "val_ssim": 0.1 * epoch})
+                metrics.append({"epoch": epoch, "step": 2 * epoch, "loss": 0.5 / epoch, "val_ssim": 0.1 * epoch,
+                                "time": 1.0})
             time.sleep(0.3)
     lines = [r.getMessage() for r in caplog.records if r.name == "cclray.progress"]
     assert lines == ["finetune epoch 2/3  loss 0.25  val_ssim 0.2", "finetune epoch 3/3  loss 0.1667  val_ssim 0.3"]
