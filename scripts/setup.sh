@@ -12,5 +12,6 @@ if ! python -c "import torch" 2>/dev/null; then
   # 2.13.0 is the CPU build on this machine's disk; elsewhere pip picks it from PyPI.
   python -m pip install -q "torch==${CCLRAY_TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install -q -e ".[all]"
+# -c: the AWS client stack pinned to a set that resolves together (scripts/constraints.txt says why).
+python -m pip install -q -e ".[all]" -c scripts/constraints.txt
 python -c "import torch, ray, zarr, onnxruntime; print('cclray env ready: torch', torch.__version__, 'ray', ray.__version__, 'zarr', zarr.__version__, 'onnxruntime', onnxruntime.__version__)"
