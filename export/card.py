@@ -24,9 +24,11 @@ from data_prep.schema import CONTRASTS, canonical_contrast
 log = logging.getLogger(__name__)
 
 CARD_KEY = "cclray.card"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: spacing (the training grid's voxel size); source_run is a run name, not a path
 INPUT_NAME = "image"
 OUTPUT_NAME = "synthesis"
+# fp32; fp16 weights (float32 compute); int8: static QDQ quantization (export.quantize)
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def package_version() -> str:
@@ -61,6 +63,9 @@ class ModelCard(FrozenConfig):
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     precision: str = "fp32"
+    # voxel size (mm, per array axis) of the grid the model was trained on: the store's ``spacing``.
+    # The runtime resamples inputs on another grid to it (and outputs back). None: unknown (card v1).
+    spacing: tuple[float, float, float] | None = None
     opset: int = 18
     config_hash: str = ""
     source_run: str = ""
@@ -71,6 +76,8 @@ class ModelCard(FrozenConfig):
     def __post_init__(self) -> None:
         if isinstance(self.patch_size, (int, float)) and not isinstance(self.patch_size, bool):
             object.__setattr__(self, "patch_size", (int(self.patch_size),) * 3)
+        if isinstance(self.spacing, (int, float)) and not isinstance(self.spacing, bool):
+            object.__setattr__(self, "spacing", (float(self.spacing),) * 3)
         super().__post_init__()
 
     def validate(self) -> None:
@@ -89,7 +96,9 @@ class ModelCard(FrozenConfig):
         lo, hi = self.percentiles
         require(0.0 <= lo < hi <= 100.0, f"card percentiles {self.percentiles} must satisfy 0 <= lo < hi <= 100")
         require(self.crop_margin >= 0, f"card crop_margin {self.crop_margin} must be >= 0")
-        require(self.precision in ("fp32", "fp16"), f"card precision {self.precision!r} must be 'fp32' or 'fp16'")
+        require(self.precision in PRECISIONS, f"card precision {self.precision!r} must be one of {list(PRECISIONS)}")
+        require(self.spacing is None or (len(self.spacing) == 3 and all(0 < v < 100 for v in self.spacing)),
+                f"card spacing {self.spacing} must be three voxel sizes in mm (or null: unknown)")
 
     @classmethod
     def new(cls, **fields: Any) -> "ModelCard":

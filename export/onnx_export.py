@@ -62,7 +62,7 @@ def _resolve(source: Any) -> tuple[Any, dict, str | None]:
             raise ExportError(f"cannot load a synthesizer from {source}: {e}") from e
         model_cfg, store = cfg.model, cfg.store
         fields = {"patch_size": list(cfg.patch.patch_size), "config_hash": cfg.hash(),
-                  "source_run": str(meta["checkpoint"])}
+                  "source_run": run_name(meta)}
     fields.setdefault("inputs", tuple(model_cfg.inputs))
     fields.setdefault("targets", tuple(model_cfg.targets))
     fields.setdefault("stride", int(model_cfg.stride))
@@ -71,16 +71,29 @@ def _resolve(source: Any) -> tuple[Any, dict, str | None]:
     return model.eval(), fields, (str(store) if store else None)
 
 
+def run_name(meta: dict) -> str:
+    """``RUN_NAME/CHECKPOINT`` of a loaded checkpoint (its last two path parts): where the model came
+    from, without the training machine's absolute path."""
+    parts = [p for p in str(meta["checkpoint"]).replace("\\", "/").rstrip("/").split("/") if p]
+    return "/".join(parts[-2:])
+
+
 def _store_recipe(url: str) -> dict:
-    """Percentiles and crop margin from the store's prep config (the normalization the model saw)."""
+    """Percentiles and crop margin from the store's prep config (the normalization the model saw), and
+    the voxel size of its grid (``spacing``: the grid the model learned on)."""
     try:
         from data_prep.store import Store
 
-        prep = Store(url).attrs.get("prep_config", {})
+        attrs = Store(url).attrs
     except Exception as e:  # store unreachable from this host: card keeps the preprocess defaults
-        log.warning("store %s not readable (%s): card uses data_prep.preprocess defaults", url, e)
+        log.warning("store %s not readable (%s): card uses data_prep.preprocess defaults and no spacing", url, e)
         return {}
+    prep = attrs.get("prep_config", {})
     out = {}
+    if attrs.get("spacing") is not None:
+        out["spacing"] = tuple(float(v) for v in attrs["spacing"])
+    else:
+        log.warning("store %s records no single grid spacing: the card has none (synthesize will not resample)", url)
     if "percentiles" in prep:
         out["percentiles"] = tuple(float(p) for p in prep["percentiles"])
     if "margin" in prep:

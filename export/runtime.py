@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from data_prep import preprocess
 from data_prep.errors import UserError
+from data_prep.resample import SAME_SPACING_ATOL, resample_subject, to_grid, zooms
 from data_prep.schema import canonical_contrast
 
 from .card import ModelCard, card_from_metadata
@@ -119,14 +121,20 @@ class OnnxSynthesizer:
         return self.session.run([self.card.output_name], {self.card.input_name: x.astype(np.float32, copy=False)})[0]
 
     def synthesize(self, inputs: dict[str, np.ndarray], affine=None, overlap: float | None = None,
-                   batch_size: int = DEFAULT_BATCH, progress: Callable[[int], object] | None = None
-                   ) -> dict[str, np.ndarray]:
+                   batch_size: int = DEFAULT_BATCH, progress: Callable[[int], object] | None = None,
+                   resample: bool = True, timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """``{input contrast: (X, Y, Z)}`` raw volumes -> ``{target contrast: (X, Y, Z)}`` float32.
 
         ``affine`` is one 4x4 array or ``{contrast: 4x4}`` (then they must agree). Outputs are on the
-        input grid, background 0, in the z-scored units of the training targets.
+        input grid, background 0, in the z-scored units of the training targets. When the card records
+        the training grid's ``spacing`` and the inputs' voxels differ from it, the inputs are resampled
+        to it (:mod:`data_prep.resample`, the recipe of ``cclray prep --spacing``) and the outputs put
+        back onto the input grid; ``resample=False`` refuses such inputs instead. Without ``affine`` the
+        inputs are taken to be on the training grid. ``timings``, when given, receives seconds per stage
+        (``preprocess``, ``inference``, ``blend``, ``postprocess``).
         """
         card = self.card
+        t0 = time.perf_counter()
         inputs = {canonical_contrast(c): v for c, v in inputs.items()}
         card.require_inputs(inputs)
         arrays = [np.asarray(inputs[c], dtype=np.float32) for c in card.inputs]
@@ -142,19 +150,61 @@ class OnnxSynthesizer:
             affs = [np.asarray(affine[c], dtype=np.float64) for c in card.inputs if c in affine]
             if any(not np.allclose(a, affs[0], atol=1e-3) for a in affs[1:]):
                 raise InputError("input affines differ: inputs must be co-registered on one grid")
+            affine = affs[0] if affs else None
         image = np.stack(arrays)  # (Cin, X, Y, Z) in the card's channel order
-        mask = preprocess.brain_mask(image)
-        if not mask.any():
+        src_mask = preprocess.brain_mask(image)
+        if not src_mask.any():
             raise InputError("every input voxel is 0 (empty brain): pass skull-stripped volumes, brain non-zero")
+        regrid = self._regrid(image, affine, resample)
+        net_in = image if regrid is None else regrid.volumes
+        mask = src_mask if regrid is None else regrid.mask
         box = preprocess.crop_box(mask, card.crop_margin)
-        cropped, mask_c = preprocess.crop(image, box), preprocess.crop(mask, box)
+        cropped, mask_c = preprocess.crop(net_in, box), preprocess.crop(mask, box)
         norm = np.stack([preprocess.normalize(v, mask_c, card.percentiles)[0] for v in cropped])
-        out = sliding_window(norm, self.predict, card.patch_size,
+        t1 = time.perf_counter()
+        infer = [0.0]
+
+        def timed_predict(x):
+            t = time.perf_counter()
+            try:
+                return self.predict(x)
+            finally:
+                infer[0] += time.perf_counter() - t
+
+        out = sliding_window(norm, timed_predict, card.patch_size,
                              overlap=card.overlap if overlap is None else overlap,
                              batch_size=batch_size, stride_multiple=card.stride, progress=progress)
+        t2 = time.perf_counter()
         out *= mask_c  # (T, x, y, z), background 0
-        full = preprocess.uncrop(out, box, image.shape[1:])  # (T, X, Y, Z)
+        full = preprocess.uncrop(out, box, net_in.shape[1:])  # (T, X', Y', Z') on the network's grid
+        if regrid is not None:  # back onto the input grid, from the brain voxels only, 0 outside its brain
+            full = np.stack([to_grid(v, regrid.grid.affine, image.shape[1:], affine, mask=regrid.mask)
+                             for v in full]) * src_mask
+        if timings is not None:
+            timings.update(preprocess=t1 - t0, inference=infer[0], blend=t2 - t1 - infer[0],
+                           postprocess=time.perf_counter() - t2)
         return {t: full[i] for i, t in enumerate(card.targets)}
+
+    def _regrid(self, image: np.ndarray, affine, resample: bool):
+        """The inputs resampled to the card's training spacing (a :class:`data_prep.resample.Resampled`),
+        or None when they are on it already (or nothing says otherwise: no affine, no card spacing)."""
+        spacing = self.card.spacing
+        if affine is None or spacing is None:
+            return None
+        have = zooms(affine)
+        if np.allclose(have, spacing, atol=SAME_SPACING_ATOL):
+            return None
+        fmt = "x".join(f"{v:g}" for v in spacing)
+        got = "x".join(f"{v:.3g}" for v in have)
+        if not resample:
+            raise InputError(f"the inputs have {got} mm voxels but this model was trained on {fmt} mm: drop "
+                             f"--no-resample (the inputs are then resampled to {fmt} mm and the outputs put back "
+                             f"on the input grid), or resample the inputs to {fmt} mm yourself")
+        if max(spacing) - min(spacing) > SAME_SPACING_ATOL:
+            raise InputError(f"the inputs have {got} mm voxels but this model was trained on anisotropic {fmt} mm "
+                             f"voxels, which the runtime cannot resample to: resample the inputs to {fmt} mm first")
+        log.info("resampling the inputs from %s mm to the model's %s mm (outputs back on the input grid)", got, fmt)
+        return resample_subject(image, affine, float(spacing[0]))
 
     def windows(self, shape, overlap: float | None = None) -> int:
         """Number of windows a volume of raw ``shape`` (upper bound: before cropping) needs."""

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: card's)")
     parser.add_argument("--batch", type=int, default=None, help="windows per onnxruntime call")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    parser.add_argument("--no-resample", dest="resample", action="store_false",
+                        help="refuse inputs whose voxel size differs from the model's training grid (model card "
+                             "`spacing`) instead of resampling them to it and the outputs back")
+    parser.add_argument("--timings", action="store_true",
+                        help="print seconds per stage for each subject (read, preprocess, inference, blend, "
+                             "postprocess, write) and the session start-up")
 
 
 def _jobs(args, contrasts):
@@ -110,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
     scaled = args.ray is not None or bool(args.cohort and (is_remote(args.cohort) or is_remote(args.out)))
     if args.ray is not None and not args.cohort:
         raise rio.InputError("--ray spreads a --cohort over a cluster: pass --cohort DIR_OR_URL")
+    t_session = time.perf_counter()
     synth = OnnxSynthesizer(args.model, provider=args.provider, threads=args.threads)
+    t_session = time.perf_counter() - t_session
     card = synth.card
     jobs, unusable = ([], []) if scaled else _jobs(args, card.inputs)
-    print(f"model {args.model}: {'+'.join(card.inputs)} -> {'+'.join(card.targets)} on {synth.provider}")
+    print(f"model {args.model}: {'+'.join(card.inputs)} -> {'+'.join(card.targets)} on {synth.provider}"
+          + (f" ({card.precision}; session {t_session:.2f} s)" if args.timings else ""))
     if scaled:  # export.scaleout: the same per-subject code in this process or on Ray workers
         return _run_cohort(args, synth)
     cohort = len(jobs) > 1 or bool(args.cohort)
@@ -122,12 +131,17 @@ def run(args: argparse.Namespace) -> int:
     failed = len(unusable)
     for sid, naming, files in tqdm(jobs, desc="subjects", unit="subj", disable=not cohort):
         t0 = time.perf_counter()
+        stages: dict[str, float] = {}
         try:
             vols = rio.load_inputs(files, sid)
+            stages["read"] = time.perf_counter() - t0
             out = synth.synthesize({c: v.data for c, v in vols.items()}, {c: v.affine for c, v in vols.items()},
-                                   overlap=args.overlap, batch_size=args.batch or DEFAULT_BATCH)
+                                   overlap=args.overlap, batch_size=args.batch or DEFAULT_BATCH,
+                                   resample=args.resample, timings=stages)
             paths = rio.output_paths(args.out, sid, naming, card.targets)
+            t_write = time.perf_counter()
             written = rio.write_outputs(out, vols[card.inputs[0]], paths)
+            stages["write"] = time.perf_counter() - t_write
         except UserError as e:
             if not cohort:
                 raise
@@ -136,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         msg = f"{sid}: wrote {', '.join(written)} ({time.perf_counter() - t0:.1f} s, {synth.provider})"
         tqdm.write(msg) if cohort else print(msg)
+        if args.timings:
+            line = f"{sid} timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+            tqdm.write(line) if cohort else print(line)
     if failed:
         print(f"{failed} of {len(jobs) + len(unusable)} subject(s) failed (see errors above); the others were written",
               file=sys.stderr)

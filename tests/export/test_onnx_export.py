@@ -38,7 +38,7 @@ def tiny_store(url):
     mask[4:36, 4:36, 4:36] = True
     image = np.where(mask, rng.standard_normal((4, 40, 40, 40)), 0).astype(np.float32)
     store.write_subject("S1", image, mask, {"affine": np.eye(4).tolist()})
-    store.update_attrs(subjects=["S1"], splits={"val": ["S1"]})
+    store.update_attrs(subjects=["S1"], splits={"val": ["S1"]}, spacing=[2.0, 2.0, 2.0])
     return str(url)
 
 
@@ -105,7 +105,9 @@ def test_card_round_trip(exported):
     assert card == read_card(onnx.load(str(path)))
     assert (card.inputs, card.targets, card.stride, card.patch_size) == (("t1gd", "flair"), ("t1w", "t2w"), 4, (32, 32, 32))
     assert card.percentiles == (1.0, 99.0) and card.crop_margin == 3  # from the store's prep config
-    assert card.config_hash == report["ft_hash"] and "ckpt_e0001" in card.source_run
+    assert card.config_hash == report["ft_hash"]
+    assert card.source_run == "run/ckpt_e0001_s0000001"  # run name and checkpoint, not the training host's path
+    assert card.spacing == (2.0, 2.0, 2.0) and card.card_version == 2  # the store's grid
     assert card.cclray_version and card.export_date and card.precision == "fp32"
     onnx.checker.check_model(str(path))
 
@@ -138,11 +140,24 @@ def test_model_without_card_is_refused(tmp_path):
 GOOD = {"inputs": ["t1gd", "flair"], "targets": ["t1w", "t2w"], "patch_size": 32, "stride": 4}
 
 
+def test_version_1_card_reads_without_spacing():
+    """A card written before card v2 (no spacing) still loads: spacing None, the runtime does not resample."""
+    import json
+
+    from export.card import CARD_KEY, card_from_metadata
+
+    card = card_from_metadata({CARD_KEY: json.dumps({**GOOD, "card_version": 1, "source_run": "/abs/run/ckpt"})})
+    assert card.spacing is None and card.card_version == 1
+    assert card_from_metadata({CARD_KEY: json.dumps({**GOOD, "spacing": 2})}).spacing == (2.0, 2.0, 2.0)
+
+
 @pytest.mark.parametrize("card, match", [
     ({k: v for k, v in GOOD.items() if k != "inputs"}, "inputs"),  # no input contrasts at all
     ({**GOOD, "inputs": []}, "inputs is empty"),
     ({**GOOD, "targets": ["t1w", "pd"]}, "unknown contrast 'pd'"),
     ({**GOOD, "patch_size": 30}, "multiples of stride"),
+    ({**GOOD, "spacing": [1.0, 1.0]}, "spacing"),
+    ({**GOOD, "precision": "int4"}, "precision"),
 ])
 def test_bad_card_is_refused(card, match):
     with pytest.raises(CardError, match=match):
