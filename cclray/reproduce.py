@@ -79,7 +79,7 @@ def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequenc
     return result
 
 
-def aggregate(summaries: dict[int, dict], method: str = "paper", region: str = "brain") -> dict:
+def aggregate(summaries: dict[int, dict], method: str = "masked", region: str = "brain") -> dict:
     """Per run, contrast and metric: mean ± sd over seeds of each seed's test mean; paired CCL − Baseline."""
     seeds = sorted(summaries)
 

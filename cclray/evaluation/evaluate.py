@@ -1,4 +1,4 @@
-"""Evaluate synthesizers on a store split: sliding-window prediction, metrics two ways, tables, figure.
+"""Evaluate synthesizers on a store split: sliding-window prediction, three metric families, tables, figure.
 
 :func:`evaluate_runs` works on in-memory models; :func:`evaluate_run_dirs` resolves run directories
 or checkpoints with :func:`cclray.runs.load_synthesizer` first. Outputs in ``out_dir``:
@@ -20,7 +20,7 @@ import numpy as np
 
 from data_prep.schema import NAMINGS, canonical_contrast, channel_index
 
-from .metrics import subject_metrics
+from .metrics import PRIMARY_METHOD, subject_metrics
 from .report import summarize, write_metrics_csv, write_summary, write_synth_nifti
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _figure(draw, path: Path, sid: str, fig_data: dict, specs: Sequence[RunSpec]
             targets.setdefault(canonical_contrast(c), image[channel_index(c)])
     ssim = {r["run"]: {} for r in rows}
     for r in rows:
-        if r["subject"] == sid and r["method"] == "paper" and r["region"] == "brain":
+        if r["subject"] == sid and r["method"] == PRIMARY_METHOD and r["region"] == "brain":
             ssim[r["run"]][r["contrast"]] = r["ssim"]
     return draw(path, inputs, targets, fig_data, mask, seg, ssim, title=f"subject {sid}")
 

@@ -119,27 +119,39 @@ def _table(summary: dict, method: str, regions: Sequence[str], published: bool) 
     return lines
 
 
+METHOD_TITLES = {
+    "masked": "masked (primary: each volume clipped to its 0.5–99.5 percentiles in the brain, scaled to [0, 1]; "
+              "SSIM map averaged inside the region)",
+    "brasyn": "BraSyn procedure (secondary: percentiles over the whole volume, strictlyPositive, complementary "
+              "region zeroed, SSIM averaged over the volume; region brain = the whole volume)",
+    "zscored": "z-scored (secondary, a guess at the paper's convention: z-scored volumes, data range = max − min "
+               "of the target in the brain; shift-sensitive, see docs/EVALUATION.md)",
+}
+
+
 def render_markdown(summary: dict, split: str | None = None) -> str:
-    """The summary as markdown: a paper-way and a BraSyn-way table (brain), then tumour/healthy tables."""
+    """The summary as markdown: one brain table per metric family (masked first), then tumour/healthy tables."""
     n = len(summary["subjects"])
     out = [f"# cclray evaluation{f' — split `{split}`' if split else ''}, {n} subject(s)", "",
-           "Mean ± sd over subjects, inside the brain mask (sd only when there are 2+ values). PSNR = inf "
-           "(prediction identical to the target) is left out of mean and sd; the cell says how many, "
-           "e.g. `(1 inf)`.", ""]
-    out += ["## Paper way (z-scored volumes; data range = max − min of the target in the brain)", ""]
-    out += _table(summary, "paper", ["brain"], published=True)
-    out += ["", f"Rows in *italics* are the seed paper's numbers ({PUBLISHED_LABEL}, pretrain n=80, "
-            "finetune n=10), for reference; they were not measured here.", ""]
-    out += ["## BraSyn way (each volume clipped to its 0.5–99.5 percentiles in the brain, scaled to [0, 1])", ""]
-    out += _table(summary, "brasyn", ["brain"], published=False)
-    out += ["", "The published numbers are on the paper's (z-score) scale and have no BraSyn counterpart.", ""]
+           "Mean ± sd over subjects (sd only when there are 2+ values). PSNR = inf (prediction identical to "
+           "the target) is left out of mean and sd; the cell says how many, e.g. `(1 inf)`. "
+           "Primary endpoint: T1w SSIM, masked, brain.", ""]
+    methods = [m for m in METHOD_TITLES if m in summary["results"]]
+    for method in methods:
+        out += [f"## {METHOD_TITLES[method]}", ""]
+        out += _table(summary, method, ["brain"], published=method == "zscored")
+        if method == "zscored":
+            out += ["", f"Rows in *italics* are the seed paper's numbers ({PUBLISHED_LABEL}, pretrain n=80, "
+                    "finetune n=10), for reference; they were not measured here, and their convention is not "
+                    "stated there.", ""]
+        out += [""]
     present = {reg for m in summary["results"].values() for r in m.values() for reg in r}
     regions = [r for r in ("tumor", "healthy") if r in present]
     if regions:
-        out += ["## Tumour (seg > 0) and healthy (brain, seg = 0) regions",
+        out += ["## Tumour (seg > 0) and healthy (seg = 0) regions",
                 "", "Subjects with a segmentation only; n = subjects with a non-empty region.", ""]
-        for method, name in (("paper", "Paper way"), ("brasyn", "BraSyn way")):
-            out += [f"### {name}", ""] + _table(summary, method, regions, published=False) + [""]
+        for method in methods:
+            out += [f"### {method}", ""] + _table(summary, method, regions, published=False) + [""]
     return "\n".join(out).rstrip() + "\n"
 
 

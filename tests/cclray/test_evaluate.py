@@ -89,7 +89,7 @@ def test_metrics_csv_has_one_row_per_run_subject_contrast_method_region(evaluate
         assert next(csv.reader(f)) == ["run", "subject", "contrast", "method", "region", "ssim", "mse", "psnr"]
     # subject 1 has a tumour (brain, tumor, healthy), subject 2 none (brain)
     per_run_contrast_method = 3 + 1
-    assert len(rows) == 2 * 2 * 2 * per_run_contrast_method
+    assert len(rows) == 2 * 2 * 3 * per_run_contrast_method  # 2 runs, 2 contrasts, 3 families
     keys = {(r["run"], r["subject"], r["contrast"], r["method"], r["region"]) for r in rows}
     assert len(keys) == len(rows)
     assert {r["region"] for r in rows if r["subject"] == "BraTS2021_00002"} == {"brain"}
@@ -103,9 +103,9 @@ def test_summary_md_and_json(evaluated):
     for text in ("| Baseline |", "| CCL |", PUBLISHED_LABEL, "0.729", "25.30", "BraSyn", "T1w SSIM", "T2w PSNR"):
         assert text in md, text
     js = json.loads((out / "summary.json").read_text())
-    cell = js["results"]["paper"]["CCL"]["brain"]["t2w"]["ssim"]
+    cell = js["results"]["masked"]["CCL"]["brain"]["t2w"]["ssim"]
     rows = [r for r in read_metrics_csv(out / "metrics.csv")
-            if (r["run"], r["method"], r["region"], r["contrast"]) == ("CCL", "paper", "brain", "t2w")]
+            if (r["run"], r["method"], r["region"], r["contrast"]) == ("CCL", "masked", "brain", "t2w")]
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean([r["ssim"] for r in rows]), rel=1e-5)
     assert set(js["seconds_per_subject"]) == {"Baseline", "CCL"} and result["split"] == "test"
 
@@ -138,7 +138,7 @@ def test_bad_runs_are_refused(store_url, tmp_path, runs, match):
 
 
 def _row(run, sid, psnr, contrast="t1w", ssim=0.5, mse=0.1):
-    return {"run": run, "subject": sid, "contrast": contrast, "method": "paper", "region": "brain",
+    return {"run": run, "subject": sid, "contrast": contrast, "method": "masked", "region": "brain",
             "ssim": ssim, "mse": mse, "psnr": psnr}
 
 
@@ -149,9 +149,9 @@ def test_inf_psnr_is_written_and_left_out_of_means(tmp_path):
     assert "inf" in (tmp_path / "m.csv").read_text().split("\n")[1].split(",")
     assert math.isinf(read_metrics_csv(tmp_path / "m.csv")[0]["psnr"])
     summary = summarize(rows)
-    psnr_a = summary["results"]["paper"]["A"]["brain"]["t1w"]["psnr"]
+    psnr_a = summary["results"]["masked"]["A"]["brain"]["t1w"]["psnr"]
     assert psnr_a == {"mean": 25.0, "sd": pytest.approx(math.sqrt(50)), "n": 3, "n_inf": 1}
-    assert summary["results"]["paper"]["B"]["brain"]["t1w"]["psnr"]["mean"] is None
+    assert summary["results"]["masked"]["B"]["brain"]["t1w"]["psnr"]["mean"] is None
     md = render_markdown(summary)
     line_a = next(ln for ln in md.splitlines() if ln.startswith("| A |"))
     line_b = next(ln for ln in md.splitlines() if ln.startswith("| B |"))

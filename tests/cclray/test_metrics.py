@@ -6,12 +6,14 @@ import pytest
 from cclray.evaluation.metrics import (
     MIN_EDGE,
     brasyn_metrics,
-    brasyn_scale,
-    paper_metrics,
+    masked_metrics,
+    percentile_clip,
     psnr_from_mse,
     regions,
     ssim_map,
     subject_metrics,
+    unit_scale,
+    zscored_metrics,
 )
 
 SHAPE = (16, 18, 14)  # (X, Y, Z): every axis >= the 11-voxel SSIM window
@@ -28,7 +30,7 @@ def _volumes(seed=0):
     return target, mask, seg
 
 
-@pytest.mark.parametrize("fn", [paper_metrics, brasyn_metrics])
+@pytest.mark.parametrize("fn", [zscored_metrics, masked_metrics])
 def test_identical_volumes_are_perfect(fn):
     target, mask, seg = _volumes()
     for region, s in fn(target.copy(), target, mask, seg).items():
@@ -40,23 +42,23 @@ def test_identical_volumes_are_perfect(fn):
 def test_constant_offset_gives_known_mse_and_psnr(offset):
     target, mask, _ = _volumes()
     pred = np.where(mask, target + offset, 0.0)
-    s = paper_metrics(pred, target, mask)["brain"]
+    s = zscored_metrics(pred, target, mask)["brain"]
     data_range = float(target[mask].max() - target[mask].min())
     assert s.mse == pytest.approx(offset ** 2, rel=1e-6)
     assert s.psnr == pytest.approx(10 * np.log10(data_range ** 2 / offset ** 2), rel=1e-6)
     assert s.ssim < 1.0
 
 
-def test_brasyn_is_offset_invariant_but_paper_is_not():
-    """BraSyn rescales each volume by its own percentiles: a global offset inside the brain vanishes."""
+def test_masked_is_offset_invariant_but_zscored_is_not():
+    """masked rescales each volume by its own percentiles: a global offset inside the brain vanishes."""
     target, mask, _ = _volumes()
     pred = np.where(mask, target + 3.0, 0.0)
-    b = brasyn_metrics(pred, target, mask)["brain"]
+    b = masked_metrics(pred, target, mask)["brain"]
     assert b.mse == pytest.approx(0.0, abs=1e-12) and b.ssim == pytest.approx(1.0, abs=1e-9)
-    assert paper_metrics(pred, target, mask)["brain"].mse == pytest.approx(9.0)
+    assert zscored_metrics(pred, target, mask)["brain"].mse == pytest.approx(9.0)
 
 
-@pytest.mark.parametrize("fn", [paper_metrics, brasyn_metrics])
+@pytest.mark.parametrize("fn", [zscored_metrics, masked_metrics])
 def test_voxels_outside_the_mask_change_nothing(fn):
     target, mask, seg = _volumes()
     rng = np.random.default_rng(1)
@@ -67,9 +69,9 @@ def test_voxels_outside_the_mask_change_nothing(fn):
     assert a == b
 
 
-def test_brasyn_scale_in_unit_range_and_zero_outside():
+def test_unit_scale_in_unit_range_and_zero_outside():
     target, mask, _ = _volumes()
-    scaled = brasyn_scale(target * 7 + 100, mask)
+    scaled = unit_scale(target * 7 + 100, mask)
     assert scaled.min() == 0.0 and scaled.max() == 1.0
     assert np.all(scaled[~mask] == 0.0)
     lo, hi = np.percentile((target * 7 + 100)[mask], (0.5, 99.5))
@@ -92,7 +94,7 @@ def test_error_only_in_tumour_shows_in_tumour_mse_only():
     target, mask, seg = _volumes()
     pred = target.copy()
     pred[seg > 0] += 1.0
-    s = paper_metrics(pred, target, mask, seg)
+    s = zscored_metrics(pred, target, mask, seg)
     assert s["tumor"].mse == pytest.approx(1.0)
     assert s["healthy"].mse == 0.0 and math.isinf(s["healthy"].psnr)
     assert s["brain"].mse == pytest.approx((seg > 0).sum() / mask.sum())
@@ -102,7 +104,7 @@ def test_error_only_in_tumour_shows_in_tumour_mse_only():
 def test_subject_metrics_keys_and_psnr_helper():
     target, mask, seg = _volumes()
     keys = set(subject_metrics(target * 0.9, target, mask, seg))
-    assert keys == {(m, r) for m in ("paper", "brasyn") for r in ("brain", "tumor", "healthy")}
+    assert keys == {(m, r) for m in ("masked", "brasyn", "zscored") for r in ("brain", "tumor", "healthy")}
     assert psnr_from_mse(0.0, 1.0) == math.inf
     assert psnr_from_mse(0.01, 1.0) == pytest.approx(20.0)
 
@@ -111,3 +113,43 @@ def test_too_small_volume_names_the_window():
     small = np.zeros((MIN_EDGE - 1, 20, 20))
     with pytest.raises(ValueError, match="SSIM window"):
         ssim_map(small, small, 1.0)
+
+
+def test_zscored_is_shift_sensitive_and_masked_is_not():
+    """The same errors, +3 added to both volumes inside the brain: zscored SSIM moves a lot (its luminance
+    term breaks down where local means cross 0), masked does not move at all."""
+    target, mask, _ = _volumes()
+    rng = np.random.default_rng(2)
+    pred = np.where(mask, 0.8 * target + rng.normal(scale=0.3, size=SHAPE), 0.0)
+    z0 = zscored_metrics(pred, target, mask)["brain"]
+    z3 = zscored_metrics(np.where(mask, pred + 3, 0.0), np.where(mask, target + 3, 0.0), mask)["brain"]
+    m0 = masked_metrics(pred, target, mask)["brain"]
+    m3 = masked_metrics(np.where(mask, pred + 3, 0.0), np.where(mask, target + 3, 0.0), mask)["brain"]
+    assert z3.ssim - z0.ssim > 0.08, (z0.ssim, z3.ssim)  # measured 0.864 -> 0.974
+    assert z3.mse == pytest.approx(z0.mse)  # identical errors: only SSIM is fooled
+    assert m3.ssim == pytest.approx(m0.ssim, abs=1e-6) and m3.mse == pytest.approx(m0.mse, abs=1e-6)  # float32 rounding
+
+
+def test_percentile_clip_is_strictly_positive_over_the_whole_volume():
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(20, 20, 20))  # half negative: the lower percentile is raised to 0
+    out = percentile_clip(vol)
+    hi = np.percentile(vol, 99.5)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.allclose(out, np.clip(vol, 0, hi) / hi)
+    raw = vol + 10  # all positive: the 0.5 percentile is the lower bound
+    lo, hi = np.percentile(raw, (0.5, 99.5))
+    assert np.allclose(percentile_clip(raw), (np.clip(raw, lo, hi) - lo) / (hi - lo))
+
+
+def test_brasyn_regions_zero_the_complement():
+    """An error only inside the tumour (its values reversed, so the percentiles stay put): the non-tumour
+    score is perfect, the tumour one is not."""
+    target, mask, seg = _volumes()
+    raw = np.where(mask, target + 5, 0.0)
+    pred = raw.copy()
+    pred[seg > 0] = raw[seg > 0][::-1]
+    b = brasyn_metrics(pred, raw, seg)
+    assert set(b) == {"brain", "tumor", "healthy"}
+    assert b["tumor"].ssim < 1.0 and b["tumor"].mse > 0
+    assert b["healthy"].mse == pytest.approx(0.0, abs=1e-12) and b["healthy"].ssim > b["tumor"].ssim

@@ -12,7 +12,7 @@ def _summary(t1_ssim: dict) -> dict:
     res = {run: {"brain": {c: {m: cell(run, c, m) for m in ("ssim", "mse", "psnr")} for c in ("t1w", "t2w")}}
            for run in ("Baseline", "CCL")}  # results[method][run][region][contrast][metric], as evaluation writes
     pub = {"Baseline (from scratch)": {c: {"ssim": 0.5, "mse": 1.0, "psnr": 17.0} for c in ("t1w", "t2w")}}
-    return {"results": {"paper": res}, "subjects": ["a", "b"], "published": pub}
+    return {"results": {"masked": res}, "subjects": ["a", "b"], "published": pub}
 
 
 def test_aggregate_mean_sd_and_paired_difference():
