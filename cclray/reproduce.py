@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from cclray.demo import PRESETS as DEMO_PRESETS
 from cclray.demo import DemoConfig, Steps, prepare_cohort, train_and_evaluate
+from cclray.evaluation.report import PUBLISHED, read_metrics_csv
 from data_prep.splits import PAPER_SPLITS
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ PRESETS: dict[str, DemoConfig] = {
 }
 METRICS = ("ssim", "mse", "psnr")
 CONTRASTS = ("t1w", "t2w")
-RUNS = ("Baseline", "CCL")
 
 
 def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequence[int] = (0, 1, 2),
@@ -62,69 +62,118 @@ def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequenc
     step, total = Steps(say), 2 + 4 * len(seeds)
     nifti, store = out / "phantom", str(out / "store.zarr")
     prepare_cohort(cfg, nifti, store, step, first=1, total=total)
-    summaries = {}
+    rows_by_seed = {}
     for i, seed in enumerate(seeds):
         seed_dir = out / f"seed{seed}"
         train_and_evaluate(cfg, store, seed_dir / "runs", seed_dir / "evaluation", step,
                            first=3 + 4 * i, total=total, seed=seed)
-        summaries[seed] = json.loads((seed_dir / "evaluation" / "summary.json").read_text())
-    result = aggregate(summaries)
+        rows_by_seed[seed] = read_metrics_csv(seed_dir / "evaluation" / "metrics.csv")
+    result = aggregate_views(rows_by_seed)
     result.update(preset=preset, config=cfg.to_dict(), wall_seconds=round(time.perf_counter() - t0, 1),
                   step_seconds=step.times)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    table = render_table(result)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=_json_float))
+    table = render_report(result)
     (out / "table.md").write_text(table)
     shutil.copyfile(out / f"seed{seeds[-1]}" / "evaluation" / "figure.png", out / "figure.png")
     say("\n" + table)
     return result
 
 
-def aggregate(summaries: dict[int, dict], method: str = "masked", region: str = "brain") -> dict:
-    """Per run, contrast and metric: mean ± sd over seeds of each seed's test mean; paired CCL − Baseline."""
-    seeds = sorted(summaries)
-
-    def per_seed(run, c, m):
-        return [summaries[s]["results"][method][run][region][c][m]["mean"] for s in seeds]
-
-    table, diff = {}, {}
-    for run in RUNS:
-        table[run] = {c: {m: _mean_sd(per_seed(run, c, m)) for m in METRICS} for c in CONTRASTS}
-    for c in CONTRASTS:
-        diff[c] = {}
-        for m in METRICS:
-            d = [b - a for a, b in zip(per_seed("Baseline", c, m), per_seed("CCL", c, m))]
-            diff[c][m] = {**_mean_sd(d), "per_seed": d}
-    first = summaries[seeds[0]]
-    return {"seeds": seeds, "method": method, "region": region, "n_test": len(first["subjects"]),
-            "table": table, "ccl_minus_baseline": diff, "published": first.get("published", {}),
-            "per_seed": {s: {run: {c: {m: per_seed(run, c, m)[i] for m in METRICS} for c in CONTRASTS}
-                             for run in RUNS} for i, s in enumerate(seeds)}}
+ARM_ORDER = ("Regressor", "Baseline", "CCL", "Supervised-all")
+#: what each arm is, printed under the table
+ARM_NOTES = {
+    "Regressor": "floor: HistGradientBoostingRegressor per target on the inputs and their Gaussian blurs "
+                 "(σ 1, 2.5 voxels), fitted on the finetune split",
+    "Baseline": "finetune from scratch (random init)",
+    "CCL": "finetune from the CCL-pretrained network, same budget",
+    "Supervised-all": "ceiling: the finetune recipe from scratch on the pretrain + finetune subjects' real targets",
+}
+#: (method, region) tables in results.json / table.md; the first is the primary endpoint's
+VIEWS = (("masked", "brain"), ("masked", "tumor"), ("masked", "healthy"), ("brasyn", "brain"),
+         ("brasyn", "tumor"), ("zscored", "brain"))
 
 
-def _mean_sd(values: list[float]) -> dict:
-    finite = [v for v in values if v == v and abs(v) != float("inf")]
-    if not finite:
-        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(finite), "sd": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            "n": len(finite)}
+def aggregate(rows_by_seed: dict[int, list[dict]], method: str = "masked", region: str = "brain") -> dict:
+    """Per arm, contrast and metric: mean over test subjects (each subject's seeds averaged first) with a
+    BCa bootstrap 95 % CI over subjects; paired CCL − Baseline (and every arm − Baseline): mean, CI, Wilcoxon p.
+
+    ``rows_by_seed``: ``{seed: metrics.csv rows of that seed's evaluation}``.
+    """
+    from cclray.evaluation.stats import mean_ci, paired_difference
+
+    seeds = sorted(rows_by_seed)
+    # values[arm][contrast][metric][subject][seed]
+    values: dict = {}
+    for seed in seeds:
+        for r in rows_by_seed[seed]:
+            if r["method"] == method and r["region"] == region:
+                for m in METRICS:
+                    values.setdefault(r["run"], {}).setdefault(r["contrast"], {}).setdefault(m, {}).setdefault(
+                        r["subject"], {})[seed] = float(r[m])
+    arms = [a for a in ARM_ORDER if a in values] + sorted(a for a in values if a not in ARM_ORDER)
+    table = {a: {c: {m: mean_ci({sid: list(v.values()) for sid, v in values[a][c][m].items()})
+                     for m in METRICS} for c in CONTRASTS if c in values[a]} for a in arms}
+    diffs = {}
+    if "Baseline" in values:
+        for a in arms:
+            if a == "Baseline":
+                continue
+            diffs[a] = {c: {m: paired_difference(values["Baseline"][c][m], values[a][c][m]) for m in METRICS}
+                        for c in CONTRASTS if c in values[a] and c in values["Baseline"]}
+    subjects = sorted({sid for a in values.values() for c in a.values() for sid in c["ssim"]})
+    return {"seeds": seeds, "method": method, "region": region, "n_test": len(subjects), "arms": arms,
+            "table": table, "minus_baseline": diffs}
 
 
-def render_table(result: dict) -> str:
-    """The seed's table (rows Baseline, CCL; T1w and T2w SSIM/MSE/PSNR) with the published rows beside it."""
-    head = "| run | " + " | ".join(f"{c[:2].upper()}w {m.upper()}" for c in CONTRASTS for m in METRICS) + " |"
-    lines = [f"Test split (n={result['n_test']}), {result['method']} way, region {result['region']}; mean ± sd "
-             f"over seeds {result['seeds']} of each seed's test mean.", "", head,
-             "|" + "---|" * (1 + len(CONTRASTS) * len(METRICS))]
-    for run in RUNS:
-        cells = [f"{result['table'][run][c][m]['mean']:.3f} ± {result['table'][run][c][m]['sd']:.3f}"
+def render_table(result: dict, published: dict | None = None) -> str:
+    """One (method, region) table: every arm with its CI, then the paired differences against Baseline."""
+    from cclray.evaluation.stats import format_ci
+
+    head = "| arm | " + " | ".join(f"{c[:2].upper()}w {m.upper() if m != 'ssim' else 'SSIM'}"
+                                   for c in CONTRASTS for m in METRICS) + " |"
+    lines = [f"Test split (n={result['n_test']} subjects), method `{result['method']}`, region `{result['region']}`; "
+             f"seeds {result['seeds']} averaged per subject; mean over subjects [BCa bootstrap 95 % CI over "
+             "subjects].", "", head, "|" + "---|" * (1 + len(CONTRASTS) * len(METRICS))]
+    for arm in result["arms"]:
+        cells = [format_ci(result["table"][arm].get(c, {}).get(m, {}), 2 if m == "psnr" else 3)
                  for c in CONTRASTS for m in METRICS]
-        lines.append(f"| {run} (this reproduction) | " + " | ".join(cells) + " |")
-    for name, values in result.get("published", {}).items():
-        lines.append(f"| {name} (published) | " + " | ".join(f"{values[c][m]:g}" for c in CONTRASTS for m in METRICS)
-                     + " |")
-    d = result["ccl_minus_baseline"]
-    lines += ["", "Paired difference CCL − Baseline (same seed, same test subjects): "
-              + "; ".join(f"{c} {m.upper()} {d[c][m]['mean']:+.3f} ± {d[c][m]['sd']:.3f} "
-                          f"(per seed {', '.join(f'{v:+.3f}' for v in d[c][m]['per_seed'])})"
-                          for c in CONTRASTS for m in ("ssim", "psnr")), ""]
-    return "\n".join(lines)
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    for name, vals in (published or {}).items():
+        lines.append(f"| *{name} (published, paper's own convention)* | "
+                     + " | ".join(f"*{vals[c][m]:g}*" for c in CONTRASTS for m in METRICS) + " |")
+    if result["minus_baseline"]:
+        lines += ["", "Paired difference against Baseline (same seed, same subject; per-subject means over seeds): "
+                  "mean [95 % CI], Wilcoxon signed-rank p.", "",
+                  "| arm − Baseline | " + " | ".join(f"{c[:2].upper()}w {m.upper() if m != 'ssim' else 'SSIM'}"
+                                                     for c in CONTRASTS for m in ("ssim", "psnr")) + " |",
+                  "|" + "---|" * (1 + 2 * len(CONTRASTS))]
+        for arm, d in result["minus_baseline"].items():
+            cells = [format_ci(d.get(c, {}).get(m, {}), 2 if m == "psnr" else 3, signed=True)
+                     for c in CONTRASTS for m in ("ssim", "psnr")]
+            lines.append(f"| {arm} − Baseline | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate_views(rows_by_seed: dict[int, list[dict]]) -> dict:
+    """:func:`aggregate` for every (method, region) of :data:`VIEWS` present in the rows."""
+    present = {(r["method"], r["region"]) for rows in rows_by_seed.values() for r in rows}
+    views = {f"{m}/{r}": aggregate(rows_by_seed, m, r) for m, r in VIEWS if (m, r) in present}
+    return {"seeds": sorted(rows_by_seed), "primary": "masked/brain", "views": views}
+
+
+def render_report(result: dict) -> str:
+    """``table.md``: the primary view first, then the secondary ones, each with its CIs and differences."""
+    out = ["Primary endpoint: T1w SSIM, method `masked`, region brain, test split. Everything else is secondary.",
+           ""]
+    for key, view in result["views"].items():
+        label = "primary" if key == result["primary"] else "secondary"
+        out += [f"### {key} ({label})", "",
+                render_table(view, {f"{k}": {c: {m: float(x) for m, x in zip(METRICS, v)} for c, v in d.items()}
+                                    for k, d in PUBLISHED.items()} if key == "zscored/brain" else None), ""]
+    notes = [f"- {a}: {ARM_NOTES[a]}" for a in ARM_ORDER
+             if any(a in v["arms"] for v in result["views"].values())]
+    return "\n".join(out + ["Arms:", *notes]) + "\n"
+
+
+def _json_float(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else str(x)

@@ -1,31 +1,43 @@
-"""The reproduction's aggregation over seeds: mean ± sd of per-seed means, paired differences, the table."""
+"""The reproduction's aggregation: per-subject values (seeds averaged), CIs over subjects, paired differences."""
 import pytest
 
-from cclray.reproduce import PRESETS, aggregate, render_table
+from cclray.reproduce import PRESETS, aggregate, aggregate_views, render_report, render_table
 from data_prep.splits import PAPER_SPLITS
 
 
-def _summary(t1_ssim: dict) -> dict:
-    """A minimal evaluation summary.json with T1w SSIM per run given, every other metric 1.0."""
-    def cell(run, c, m):
-        return {"mean": t1_ssim[run] if (c, m) == ("t1w", "ssim") else 1.0}
-    res = {run: {"brain": {c: {m: cell(run, c, m) for m in ("ssim", "mse", "psnr")} for c in ("t1w", "t2w")}}
-           for run in ("Baseline", "CCL")}  # results[method][run][region][contrast][metric], as evaluation writes
-    pub = {"Baseline (from scratch)": {c: {"ssim": 0.5, "mse": 1.0, "psnr": 17.0} for c in ("t1w", "t2w")}}
-    return {"results": {"masked": res}, "subjects": ["a", "b"], "published": pub}
+def _rows(t1_ssim: dict, seed_shift: float = 0.0) -> list[dict]:
+    """metrics.csv rows: T1w SSIM per arm = base + 0.01 * subject index + seed_shift; every other metric 1.0."""
+    rows = []
+    for arm, base in t1_ssim.items():
+        for i in range(8):
+            for c in ("t1w", "t2w"):
+                ssim = base + 0.01 * i + seed_shift if c == "t1w" else 1.0
+                rows.append({"run": arm, "subject": f"s{i}", "contrast": c, "method": "masked", "region": "brain",
+                             "ssim": ssim, "mse": 1.0, "psnr": 1.0})
+    return rows
 
 
-def test_aggregate_mean_sd_and_paired_difference():
-    out = aggregate({0: _summary({"Baseline": 0.5, "CCL": 0.7}), 1: _summary({"Baseline": 0.7, "CCL": 0.8})})
+def test_aggregate_means_cis_and_paired_difference():
+    by_seed = {0: _rows({"Baseline": 0.5, "CCL": 0.6, "Regressor": 0.4}),
+               1: _rows({"Baseline": 0.5, "CCL": 0.6, "Regressor": 0.4}, seed_shift=0.1)}
+    out = aggregate(by_seed)
+    assert out["arms"] == ["Regressor", "Baseline", "CCL"] and out["n_test"] == 8 and out["seeds"] == [0, 1]
     t1 = out["table"]["CCL"]["t1w"]["ssim"]
-    assert t1["mean"] == pytest.approx(0.75) and t1["sd"] == pytest.approx(0.0707107, rel=1e-5)
-    d = out["ccl_minus_baseline"]["t1w"]["ssim"]
-    assert d["per_seed"] == pytest.approx([0.2, 0.1]) and d["mean"] == pytest.approx(0.15)
-    assert out["n_test"] == 2 and out["seeds"] == [0, 1]
+    assert t1["mean"] == pytest.approx(0.6 + 0.035 + 0.05) and t1["n"] == 8
+    assert t1["ci"][0] < t1["mean"] < t1["ci"][1]
+    d = out["minus_baseline"]["CCL"]["t1w"]["ssim"]
+    assert d["mean"] == pytest.approx(0.1) and d["ci"] == pytest.approx([0.1, 0.1]) and d["p"] < 0.01
+    assert d["n"] == 8 and d["n_pairs"] == 16
+    assert out["minus_baseline"]["Regressor"]["t1w"]["ssim"]["mean"] == pytest.approx(-0.1)
     table = render_table(out)
-    assert "| CCL (this reproduction) | 0.750 ± 0.071" in table
-    assert "| Baseline (from scratch) (published) | 0.5 |" in table
-    assert "t1w SSIM +0.150" in table
+    assert "| CCL | 0.685 [" in table and "| CCL − Baseline | +0.100 [+0.100, +0.100], p = " in table
+
+
+def test_report_puts_the_primary_view_first():
+    result = aggregate_views({0: _rows({"Baseline": 0.5, "CCL": 0.6})})
+    assert list(result["views"]) == ["masked/brain"] and result["primary"] == "masked/brain"
+    md = render_report(result)
+    assert md.startswith("Primary endpoint: T1w SSIM, method `masked`") and "### masked/brain (primary)" in md
 
 
 def test_presets_use_the_papers_split():
