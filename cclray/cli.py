@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "constraint": "add a constraint-map setting to a store, or draw one as PNG",
     "pretrain": "stage 1: CCL pretraining (Ray Train)",
     "finetune": "stage 2: T1w+T2w synthesis, from a pretrain run or from scratch (Ray Train)",
+    "regressor": "the floor: fit a voxelwise gradient-boosted regressor (inputs + blurs -> T1w, T2w) on a split",
     "evaluate": "sliding-window evaluation of runs on a split: CSV, table, figure",
     "export": "export a synthesizer to ONNX with its model card",
     "synthesize": "run an ONNX synthesizer on NIfTI inputs (no torch needed)",
@@ -51,7 +52,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 # commands whose --out is a local path (the others also take s3:// and other fsspec URLs)
-LOCAL_OUT = ("phantom", "evaluate", "export", "tune", "demo", "reproduce")
+LOCAL_OUT = ("phantom", "regressor", "evaluate", "export", "tune", "demo", "reproduce")
 
 
 def check_out(command: str, out) -> str | None:

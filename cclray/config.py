@@ -174,7 +174,7 @@ class StageConfig(FrozenConfig):
     """Keys shared by both stages (use :class:`PretrainConfig` or :class:`FinetuneConfig`)."""
 
     store: str = ""  # URL or path of the cclray Zarr store (`cclray prep ... --out STORE`)
-    split: str = ""  # training split of the store
+    split: str = ""  # training split of the store; several joined by "," ("pretrain,finetune": their union)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
@@ -232,6 +232,11 @@ class StageConfig(FrozenConfig):
         raise NotImplementedError
 
     @property
+    def splits(self) -> tuple[str, ...]:
+        """The training splits named by ``split`` (``"pretrain,finetune"`` -> both)."""
+        return tuple(s.strip() for s in self.split.split(",") if s.strip())
+
+    @property
     def patch_size(self) -> tuple[int, int, int]:
         """Training patch size (read by export and evaluation)."""
         return self.patch.patch_size
@@ -285,8 +290,9 @@ class FinetuneConfig(StageConfig):
         super().validate()
         require(self.val_every >= 1, f"FinetuneConfig.val_every={self.val_every} must be >= 1")
         require(self.val_samples >= 1, f"FinetuneConfig.val_samples={self.val_samples} must be >= 1")
-        require(self.val_split != self.split,
-                f"FinetuneConfig.val_split={self.val_split!r} equals split: validate on held-out subjects")
+        require(self.val_split not in self.splits,
+                f"FinetuneConfig.val_split={self.val_split!r} is a training split ({self.split!r}): validate "
+                "on held-out subjects")
 
 
 CONFIGS: dict[str, type[StageConfig]] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}

@@ -185,9 +185,14 @@ def trained(run: Path) -> bool:
 
 
 def train_and_evaluate(cfg: DemoConfig, store: str, run_root: Path, eval_dir: Path, step: "Steps",
-                       first: int, total: int, seed: int | None = None) -> dict[str, Path]:
+                       first: int, total: int, seed: int | None = None, floor_and_ceiling: bool = False
+                       ) -> dict[str, Path]:
     """Steps ``first`` .. ``first + 3``: CCL pretrain, finetune from it, finetune from scratch with the same
-    budget, evaluate both on the test split. ``seed`` (default ``cfg.seed``) seeds the training only."""
+    budget, evaluate both on the test split. ``seed`` (default ``cfg.seed``) seeds the training only.
+
+    ``floor_and_ceiling`` (``first`` .. ``first + 5``): also fit the regressor floor on the finetune split
+    and train the supervised-all ceiling (scratch on pretrain + finetune, same budget), and evaluate all four.
+    """
     from cclray.console import epoch_progress
     from cclray.train import fit
     from data_prep.store import Store
@@ -209,15 +214,34 @@ def train_and_evaluate(cfg: DemoConfig, store: str, run_root: Path, eval_dir: Pa
     step(first + 2, total, f"finetune from scratch (baseline, same budget) -> {runs['scratch']}",
          lambda: train("finetune", scratch, runs["scratch"], "finetune scratch"),
          done=trained(runs["scratch"]))
+    arms = {"Baseline": runs["scratch"], "CCL": runs["ccl"]}
+    n = first + 3
+    if floor_and_ceiling:
+        from cclray.evaluation.regressor import RegressorSpec, fit_regressor, is_regressor_run
+
+        runs["regressor"], runs["ceiling"] = run_root / "regressor", run_root / "supervised_all"
+
+        def floor():
+            reg, info = fit_regressor(store, RegressorSpec(seed=cfg.seed))
+            reg.save(runs["regressor"], {"store": store, **info})
+
+        step(n, total, f"fit the regressor floor on the finetune split -> {runs['regressor']}", floor,
+             done=is_regressor_run(runs["regressor"]))
+        ceiling = {**scratch, "split": "pretrain,finetune"}
+        step(n + 1, total, f"supervised-all ceiling (scratch on pretrain + finetune, same budget) -> "
+             f"{runs['ceiling']}", lambda: train("finetune", ceiling, runs["ceiling"], "finetune supervised-all"),
+             done=trained(runs["ceiling"]))
+        arms = {"Regressor": runs["regressor"], **arms, "Supervised-all": runs["ceiling"]}
+        n += 2
 
     def evaluate():
         from cclray.evaluation import evaluate_run_dirs
 
         subjects = Store(store).subjects("test")[:cfg.eval_limit] if cfg.eval_limit else None
-        return evaluate_run_dirs(store, [runs["scratch"], runs["ccl"]], labels=["Baseline", "CCL"], split="test",
+        return evaluate_run_dirs(store, list(arms.values()), labels=list(arms), split="test",
                                  out_dir=eval_dir, device="cuda" if cfg.use_gpu else "cpu",
                                  **({"subjects": subjects} if subjects else {}))
-    step(first + 3, total, f"evaluate Baseline and CCL on the test split -> {eval_dir}", evaluate,
+    step(n, total, f"evaluate {', '.join(arms)} on the test split -> {eval_dir}", evaluate,
          done=(eval_dir / "summary.md").exists())
     return runs
 

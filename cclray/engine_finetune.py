@@ -31,7 +31,7 @@ def finetune_dataset(cfg: FinetuneConfig, ctx: TrainContext) -> PatchDataset:
     from data_prep.store import Store
 
     store = Store(cfg.store)
-    subjects = store.subjects(cfg.split)
+    subjects = [sid for split in cfg.splits for sid in store.subjects(split)]  # "pretrain,finetune": the union
     check_patch_fits(store, subjects, cfg.patch.patch_size)
     return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
                         targets=cfg.model.targets, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)

@@ -59,14 +59,15 @@ def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequenc
         f"{cfg.batch}, pretrain {cfg.pretrain_epochs * cfg.steps_per_epoch} steps, finetune "
         f"{cfg.finetune_epochs * cfg.steps_per_epoch} steps (CCL and scratch alike), {cfg.workers} worker(s)")
     t0 = time.perf_counter()
-    step, total = Steps(say), 2 + 4 * len(seeds)
+    per_seed = 6  # pretrain, CCL, scratch, regressor floor, supervised-all ceiling, evaluate
+    step, total = Steps(say), 2 + per_seed * len(seeds)
     nifti, store = out / "phantom", str(out / "store.zarr")
     prepare_cohort(cfg, nifti, store, step, first=1, total=total)
     rows_by_seed = {}
     for i, seed in enumerate(seeds):
         seed_dir = out / f"seed{seed}"
         train_and_evaluate(cfg, store, seed_dir / "runs", seed_dir / "evaluation", step,
-                           first=3 + 4 * i, total=total, seed=seed)
+                           first=3 + per_seed * i, total=total, seed=seed, floor_and_ceiling=True)
         rows_by_seed[seed] = read_metrics_csv(seed_dir / "evaluation" / "metrics.csv")
     result = aggregate_views(rows_by_seed)
     result.update(preset=preset, config=cfg.to_dict(), wall_seconds=round(time.perf_counter() - t0, 1),

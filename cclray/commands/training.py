@@ -38,6 +38,10 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
                           help="start from a `cclray pretrain` run (its latest checkpoint) or one checkpoint")
         init.add_argument("--scratch", action="store_true",
                           help="start from random weights: the baseline, same budget")
+        parser.add_argument("--splits", default=None, metavar="A,B",
+                            help="training split(s) of the store, comma-separated (default: the config's, "
+                                 f"{d.split!r}); `--scratch --splits pretrain,finetune` is the supervised-all "
+                                 "ceiling (every subject with real targets)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help=f"Ray Train workers (DDP ranks; default: config's num_workers, {d.num_workers})")
     parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
@@ -120,7 +124,7 @@ def read_config_file(path: str | Path, stage: str) -> dict:
 def flag_values(args: argparse.Namespace, stage: str) -> dict:
     """The config keys the explicit flags set (only those given)."""
     values: dict = {}
-    for flag, key in (("store", "store"), ("epochs", "epochs"), ("steps", "steps_per_epoch"),
+    for flag, key in (("store", "store"), ("splits", "split"), ("epochs", "epochs"), ("steps", "steps_per_epoch"),
                       ("workers", "num_workers"), ("constraint", "constraint")):
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
@@ -175,7 +179,7 @@ def preflight(cfg) -> None:
     from data_prep.store import Store
 
     store = Store(cfg.store)
-    splits = [cfg.split] + ([cfg.val_split] if getattr(cfg, "val_split", None) else [])
+    splits = list(cfg.splits) + ([cfg.val_split] if getattr(cfg, "val_split", None) else [])
     for split in splits:
         if not store.subjects(split):
             raise ConfigError(f"split {split!r} of {cfg.store} is empty: re-run `cclray prep` with "

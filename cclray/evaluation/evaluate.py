@@ -32,7 +32,8 @@ class RunSpec(NamedTuple):
     """One synthesizer to evaluate. ``model_cfg`` has ``.inputs``, ``.targets`` and ``.stride``."""
 
     label: str
-    model: Any  # torch.nn.Module: (B, len(inputs), p, p, p) -> (B, len(targets), p, p, p)
+    model: Any  # torch.nn.Module: (B, len(inputs), p, p, p) -> (B, len(targets), p, p, p), or an object with
+    # predict_volume((4, X, Y, Z) image, (X, Y, Z) mask) -> (T, X, Y, Z) (the regressor floor)
     model_cfg: Any
     patch_size: int | Sequence[int]
 
@@ -92,7 +93,8 @@ def evaluate_runs(store_url: str, runs: Sequence[RunSpec | tuple], split: str = 
     seconds: dict[str, list[float]] = {s.label: [] for s in specs}
     fig_data: dict = {}
     for spec in specs:
-        spec.model.to(device)
+        if not hasattr(spec.model, "predict_volume"):
+            spec.model.to(device)
     for sid in sids:
         image = np.asarray(store.read(sid, "image"), dtype=np.float32)  # (4, X, Y, Z)
         mask = store.read(sid, "mask").astype(bool)  # (X, Y, Z)
@@ -101,8 +103,11 @@ def evaluate_runs(store_url: str, runs: Sequence[RunSpec | tuple], split: str = 
         for spec in specs:
             cfg = spec.model_cfg
             t0 = time.perf_counter()
-            pred = predict_subject(spec.model, store, sid, cfg.inputs, spec.patch_size, overlap, batch,
-                                   device, stride=int(cfg.stride), image=image, mask=mask)  # (T, X, Y, Z)
+            if hasattr(spec.model, "predict_volume"):  # the floor (cclray.evaluation.regressor): no windows
+                pred = spec.model.predict_volume(image, mask)  # (T, X, Y, Z)
+            else:
+                pred = predict_subject(spec.model, store, sid, cfg.inputs, spec.patch_size, overlap, batch,
+                                       device, stride=int(cfg.stride), image=image, mask=mask)  # (T, X, Y, Z)
             dt = time.perf_counter() - t0
             seconds[spec.label].append(dt)
             targets = [canonical_contrast(c) for c in cfg.targets]
@@ -164,15 +169,23 @@ def _figure(draw, path: Path, sid: str, fig_data: dict, specs: Sequence[RunSpec]
 def evaluate_run_dirs(store_url: str, run_paths: Sequence[str | Path], labels: Sequence[str] | None = None,
                       split: str = "test", out_dir: str | Path = "evaluation", *, device: str = "cpu",
                       **kwargs) -> dict:
-    """Load each run (directory or checkpoint) with :func:`cclray.runs.load_synthesizer`, then
+    """Load each run (directory or checkpoint) with :func:`cclray.runs.load_synthesizer` (a ``cclray regressor``
+    folder with :class:`~cclray.evaluation.regressor.VoxelRegressor`), then
     :func:`evaluate_runs`. ``labels`` default to the run directories' names (of a checkpoint: its run's)."""
     from cclray.runs import load_synthesizer
+
+    from .regressor import VoxelRegressor, is_regressor_run
 
     if labels is not None and len(labels) != len(run_paths):
         raise ValueError(f"{len(labels)} label(s) {list(labels)} for {len(run_paths)} run(s): "
                          f"give one --labels entry per run (--run first, then each --compare)")
     specs = []
     for i, rp in enumerate(run_paths):
+        if is_regressor_run(rp):
+            reg = VoxelRegressor.load(rp)
+            label = labels[i] if labels is not None else Path(str(rp).rstrip("/")).name
+            specs.append(RunSpec(label, reg, reg.spec, reg.spec.patch_size))
+            continue
         model, cfg, meta = load_synthesizer(str(rp), device)
         label = labels[i] if labels is not None else Path(str(meta.get("run", rp)).rstrip("/")).name
         specs.append(RunSpec(label, model, cfg.model, cfg.patch.patch_size))
