@@ -280,7 +280,9 @@ class FinetuneConfig(StageConfig):
     init: str | None = None  # pretrain run dir or checkpoint; None = random init (the baseline)
     val_split: str | None = "val"  # None = no validation (plateau and "best" then use train loss)
     val_every: int = 1  # epochs; checkpoint epochs are always validated
-    val_samples: int = 8  # fixed validation patches (same seed every time: comparable across epochs)
+    # fixed validation patches (same seed every time: comparable across epochs). They pick the plateau lr steps
+    # and the "best" checkpoint, so not few: 8 patches were one or two subjects' noise (docs/EVALUATION.md)
+    val_samples: int = 64
 
     @property
     def stage(self) -> str:
