@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from cclray.demo import PRESETS as DEMO_PRESETS
 from cclray.demo import DemoConfig, Steps, prepare_cohort, train_and_evaluate
+from cclray.evaluation.figure import draw_arms
 from cclray.evaluation.report import PUBLISHED, read_metrics_csv
 from data_prep.splits import PAPER_SPLITS
 
@@ -46,7 +47,8 @@ CONTRASTS = ("t1w", "t2w")
 
 def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequence[int] = (0, 1, 2),
                      overrides: dict | None = None, say: Callable[[str], None] = print) -> dict:
-    """Run (or continue) the reproduction into ``out``; write ``table.md``, ``results.json``, ``figure.png``."""
+    """Run (or continue) the reproduction into ``out``; write ``table.md``, ``results.json``, ``figure.png``
+    (the last seed's evaluation figure) and ``arms.png`` (per-subject primary endpoint of every arm)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)}")
     cfg = PRESETS[preset].replace(**(overrides or {}))
@@ -75,6 +77,9 @@ def run_reproduction(out: str | os.PathLike, preset: str = "cpu", seeds: Sequenc
     (out / "results.json").write_text(json.dumps(result, indent=2, default=_json_float))
     table = render_report(result)
     (out / "table.md").write_text(table)
+    primary = result["views"]["masked/brain"]
+    draw_arms(out / "arms.png", {a: primary["per_subject"][a]["t1w"]["ssim"] for a in primary["arms"]},
+              f"T1w SSIM (masked, brain), test split, {len(primary['seeds'])} seed(s) averaged per subject")
     shutil.copyfile(out / f"seed{seeds[-1]}" / "evaluation" / "figure.png", out / "figure.png")
     say("\n" + table)
     return result
@@ -100,7 +105,7 @@ def aggregate(rows_by_seed: dict[int, list[dict]], method: str = "masked", regio
 
     ``rows_by_seed``: ``{seed: metrics.csv rows of that seed's evaluation}``.
     """
-    from cclray.evaluation.stats import mean_ci, paired_difference
+    from cclray.evaluation.stats import mean_ci, paired_difference, subject_means
 
     seeds = sorted(rows_by_seed)
     # values[arm][contrast][metric][subject][seed]
@@ -122,8 +127,10 @@ def aggregate(rows_by_seed: dict[int, list[dict]], method: str = "masked", regio
             diffs[a] = {c: {m: paired_difference(values["Baseline"][c][m], values[a][c][m]) for m in METRICS}
                         for c in CONTRASTS if c in values[a] and c in values["Baseline"]}
     subjects = sorted({sid for a in values.values() for c in a.values() for sid in c["ssim"]})
+    per_subject = {a: {c: {m: subject_means({sid: list(v.values()) for sid, v in values[a][c][m].items()})
+                           for m in METRICS} for c in values[a]} for a in arms}
     return {"seeds": seeds, "method": method, "region": region, "n_test": len(subjects), "arms": arms,
-            "table": table, "minus_baseline": diffs}
+            "table": table, "minus_baseline": diffs, "per_subject": per_subject}
 
 
 def render_table(result: dict, published: dict | None = None) -> str:

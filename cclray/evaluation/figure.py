@@ -105,3 +105,35 @@ def draw_figure(path: str | Path, inputs: Mapping[str, np.ndarray], targets: Map
         row[0].set_ylabel(DISPLAY.get(contrast, contrast), fontsize=11)
     fig.suptitle((title + " — " if title else "") + f"axial slice z={z}", fontsize=10)
     return save_png(fig, path, dpi=dpi, bbox_inches="tight")
+
+
+def draw_arms(path: str | Path, per_subject: Mapping[str, Mapping[str, float]], title: str,
+              ylabel: str = "SSIM", paired: tuple[str, str] | None = ("Baseline", "CCL"), dpi: int = 110) -> Path:
+    """Per-subject points for each arm (``{arm: {subject: value}}``, arms in column order) with each arm's
+    mean as a bar outline; the subjects of the ``paired`` arms joined by grey lines."""
+    arms = list(per_subject)
+    fig = new_figure((1.6 * len(arms) + 1.4, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    rng = np.random.default_rng(0)
+    xs: dict[str, dict[str, float]] = {}
+    for i, arm in enumerate(arms):
+        sids = sorted(per_subject[arm])
+        vals = np.array([per_subject[arm][s] for s in sids], np.float64)
+        jitter = rng.uniform(-0.12, 0.12, len(sids))
+        xs[arm] = {s: i + j for s, j in zip(sids, jitter)}
+        ax.bar(i, vals.mean() if vals.size else 0.0, width=0.6, fill=False, edgecolor="0.4")
+        ax.scatter(i + jitter, vals, s=16, color="C0", zorder=3)
+    if paired and all(a in per_subject for a in paired):
+        a, b = paired
+        for sid in set(per_subject[a]) & set(per_subject[b]):
+            ax.plot([xs[a][sid], xs[b][sid]], [per_subject[a][sid], per_subject[b][sid]], color="0.7", lw=0.8,
+                    zorder=2)
+    vals_all = [v for d in per_subject.values() for v in d.values()]
+    if vals_all:
+        lo, hi = min(vals_all), max(vals_all)
+        pad = 0.1 * (hi - lo) or 0.01
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    return save_png(fig, path, dpi=dpi)

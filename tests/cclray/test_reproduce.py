@@ -33,6 +33,16 @@ def test_aggregate_means_cis_and_paired_difference():
     assert "| CCL | 0.685 [" in table and "| CCL − Baseline | +0.100 [+0.100, +0.100], p = " in table
 
 
+def test_per_subject_points_figure(tmp_path):
+    from cclray.evaluation.figure import draw_arms
+
+    out = aggregate({0: _rows({"Baseline": 0.5, "CCL": 0.6}), 1: _rows({"Baseline": 0.5, "CCL": 0.6}, 0.1)})
+    pts = out["per_subject"]["CCL"]["t1w"]["ssim"]
+    assert len(pts) == 8 and pts["s0"] == pytest.approx(0.65)  # the subject's two seeds averaged
+    png = draw_arms(tmp_path / "arms.png", {a: out["per_subject"][a]["t1w"]["ssim"] for a in out["arms"]}, "t")
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5000
+
+
 def test_report_puts_the_primary_view_first():
     result = aggregate_views({0: _rows({"Baseline": 0.5, "CCL": 0.6})})
     assert list(result["views"]) == ["masked/brain"] and result["primary"] == "masked/brain"
