@@ -3,7 +3,10 @@
 A subject is made by one phantom *version* (all randomness from one seed):
 
 * version 1 (:mod:`data_prep.phantom_v1`): the first cohort, one glioma-like lesion under a fixed
-  protocol; kept bit for bit (``--phantom-version 1``).
+  protocol; kept bit for bit (``--phantom-version 1``);
+* version 2 (:mod:`data_prep.phantom_v2`, the default): lesion kinds that look alike in T1Gd/FLAIR but
+  not in T1w/T2w, lesion and tissue texture, a per-subject protocol (1.5 T / 3 T, site presets), one
+  receive field per session (docs/PHANTOM.md).
 
 Both start from the same warped ICBM152 anatomy (:mod:`data_prep.phantom_anatomy`) on a BraTS/SRI24
 grid (240x240x155 at 1 mm). :func:`write_cohort` writes the BraTS NIfTI layout (2021 or 2023
@@ -27,8 +30,8 @@ from .schema import CONTRASTS, NAMINGS, safe_subject_id
 
 log = logging.getLogger(__name__)
 
-PHANTOM_VERSION = 1  # the default version
-VERSIONS: tuple[int, ...] = (1,)
+PHANTOM_VERSION = 2  # the default version
+VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST = "phantom.json"
 PARTIAL_DIR = ".partial"
 _WHAT = (*CONTRASTS, "seg")
@@ -55,18 +58,23 @@ def check_version(version) -> int:
 
 
 def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool = False,
-                 version: int = PHANTOM_VERSION) -> dict:
+                 version: int = PHANTOM_VERSION, parts=None) -> dict:
     """One phantom subject, deterministic in ``(seed, spacing, version)`` (``sid`` is only carried along).
 
     Returns ``dict(sid, images={contrast: (X, Y, Z) int16}, seg (X, Y, Z) uint8 (0/1/2/4),
     mask (X, Y, Z) bool, affine (4, 4))`` and, with ``return_tissue``, ``tissue={name: (X, Y, Z)
     float32 fraction}`` (the version's compartments) and ``clean={contrast: (X, Y, Z) float32}``, the
     noise-free signal on the int16 scale (what an oracle knowing every fraction and parameter predicts).
+    Version 2 adds ``info`` (its protocol and lesion kinds) and takes ``parts``
+    (:class:`data_prep.phantom_v2.Parts`: which of its parts are on; tests switch them).
     """
-    from . import phantom_v1
+    from . import phantom_v1, phantom_v2
 
-    check_version(version)
-    return phantom_v1.make_subject(sid, seed, spacing, return_tissue)
+    if check_version(version) == 1:
+        if parts is not None:
+            raise ConfigError("phantom version 1 has no switchable parts (parts=...): use version 2")
+        return phantom_v1.make_subject(sid, seed, spacing, return_tissue)
+    return phantom_v2.make_subject(sid, seed, spacing, return_tissue, parts=parts)
 
 
 # --------------------------------------------------------------------------------------- writing

@@ -80,13 +80,24 @@ def null_ti(t1: float, tr: float) -> float:
     return float(t1 * math.log(2.0 / (1.0 + math.exp(-tr / t1))))
 
 
+def spoiled_gre(pd, t1, t2, tr: float, te: float, flip_deg: float):
+    """Spoiled gradient-echo magnitude ``PD sin(a) (1 - E1) / (1 - cos(a) E1) e^{-TE/T2}``, ``E1 = e^{-TR/T1}``.
+
+    (``T2*`` is taken as ``T2``: at the short TE of a T1-weighted gradient echo the difference is small.)
+    """
+    pd, t1, t2 = (np.asarray(v) for v in (pd, t1, t2))
+    a = math.radians(flip_deg)
+    e1 = np.exp(-tr / t1)
+    return pd * math.sin(a) * (1.0 - e1) / (1.0 - math.cos(a) * e1) * np.exp(-te / t2)
+
+
 def gd_t1(t1, gd, r1: float):
     """T1 after contrast: ``1/T1' = 1/T1 + r1 * C``."""
     return 1.0 / (1.0 / np.asarray(t1, dtype=np.float64) + r1 * np.asarray(gd, dtype=np.float64))
 
 
 def jitter_tissues(rng: np.random.Generator, rel: float = 0.05,
-                   reference: dict[str, Tissue] = REFERENCE) -> dict[str, Tissue]:
+                   reference: dict[str, Tissue] = REFERENCE, names: tuple[str, ...] = TISSUES) -> dict[str, Tissue]:
     """Subject-level variation of the tissue table (factors ``1 + N(0, sd)``, clipped at 2.5 sd).
 
     T1 and T2 vary mostly together across tissues (field strength, temperature, age: one factor of
@@ -99,7 +110,7 @@ def jitter_tissues(rng: np.random.Generator, rel: float = 0.05,
 
     common_t1, common_t2 = factor(rel), factor(rel)
     out = {}
-    for name in TISSUES:
+    for name in names:
         t = reference[name]
         f = factor(rel / 2.0, 3)
         out[name] = Tissue(t1=t.t1 * common_t1 * f[0], t2=t.t2 * common_t2 * f[1], pd=t.pd * f[2],
@@ -124,5 +135,5 @@ def tissue_signals(tissues: dict[str, Tissue], protocol: Protocol = Protocol()) 
     return np.stack([by_contrast[c] for c in CONTRASTS], axis=1)
 
 
-__all__ = ["TISSUES", "Tissue", "REFERENCE", "Protocol", "spin_echo", "inversion_recovery", "null_ti",
-           "gd_t1", "jitter_tissues", "tissue_signals"]
+__all__ = ["TISSUES", "Tissue", "REFERENCE", "Protocol", "spin_echo", "inversion_recovery", "spoiled_gre",
+           "null_ti", "gd_t1", "jitter_tissues", "tissue_signals"]

@@ -1,0 +1,155 @@
+"""Phantom version 2 (the default): target information the inputs do not give away voxel by voxel.
+
+On version 1, T1w and T2w are nearly a voxelwise function of T1Gd and FLAIR. Version 2 adds what
+real scans have, each part a physical effect, each switchable (:class:`Parts`) for tests:
+
+1. **Anatomy and glioma**: as version 1 (:mod:`data_prep.phantom_anatomy`, :mod:`data_prep.phantom_lesion`).
+2. **Lesion kinds** (:mod:`data_prep.phantom_kinds`): non-enhancing tumour, subacute haemorrhage with a
+   haemosiderin rim or a fluid level, proteinaceous cyst, calcification, each in 20-40 % of
+   subjects: alike in T1Gd/FLAIR, different in T1w/T2w.
+3. **Per-subject protocol** (:mod:`data_prep.phantom_protocol`): 1.5 T or 3 T (relaxation times move
+   with the field), spin-echo or gradient-echo T1w, jittered TR/TE, a site FLAIR TI not tuned to
+   the subject: the relation between contrasts shifts between subjects as between sites.
+4. **Texture**: tissue is not homogeneous (cell density, water content, myelin vary over millimetres),
+   so T1 and T2 are multiplied by smooth random fields (correlation 5-10 mm): +-10-15 % inside
+   lesion compartments, +-2-4 % in normal tissue. Signals are computed from the textured T1/T2 of
+   each compartment and summed over its fractions (partial volume at every boundary).
+5. **Receive field**: one coil sensitivity per session, shared by the four contrasts (a smooth field,
+   +-10-20 %), times a small per-contrast part (+-1-3 %: different coil loading and calibration per
+   sequence). A shared field is what a real array coil gives; v1's independent fields were a
+   nuisance no model could learn.
+6. **Noise**: Rician, 1.5-3.5 % of the mean signal per contrast; int16, 0 outside the brain.
+
+Each part draws from its own child of the subject's seed, so switching one off leaves the others'
+draws (and the anatomy) unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .phantom_anatomy import warped_brain
+from .phantom_kinds import HAEMORRHAGE_T2, KIND_TISSUES, KINDS, PREVALENCE, add_kinds, labels
+from .phantom_lesion import grow_lesion, smooth_field
+from .phantom_protocol import REFERENCE_PROTOCOL, draw_protocol, field_factors, signals
+from .phantom_tissue import REFERENCE, TISSUES, jitter_tissues
+from .schema import CONTRASTS
+
+#: v2 compartments, in the order of ``tissue`` maps.
+TISSUES_V2: tuple[str, ...] = (*TISSUES, *KINDS)
+NORMAL: tuple[str, ...] = ("wm", "gm", "csf")
+GAIN = 4000.0  # signal units -> int16
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Which parts of version 2 are on. ``prevalence``: probability of each lesion kind (0 switches it off)."""
+
+    receive: bool = True
+    texture: bool = True
+    protocol: bool = True
+    noise: bool = True
+    prevalence: dict = field(default_factory=lambda: dict(PREVALENCE))
+
+    @classmethod
+    def only(cls, *kinds: str, **flags) -> "Parts":
+        """Parts with exactly ``kinds`` present (probability 1) and the others absent."""
+        unknown = set(kinds) - set(PREVALENCE)
+        if unknown:
+            raise ValueError(f"unknown lesion kind(s) {sorted(unknown)}: use {sorted(PREVALENCE)}")
+        return cls(prevalence={k: float(k in kinds) for k in PREVALENCE}, **flags)
+
+
+def _fields_on_brain(rng, brain, n: int, ctrl_mm: float) -> np.ndarray:
+    """``(n, V)`` smooth fields with unit max-abs over the brain, B-spline control points every ``ctrl_mm``."""
+    (x0, x1), (y0, y1), (z0, z1) = brain.box
+    spacing = float(brain.affine[0, 0])
+    bshape = (x1 - x0, y1 - y0, z1 - z0)
+    n_ctrl = tuple(max(int(round(s * spacing / ctrl_mm)) + 3, 4) for s in bshape)
+    f = smooth_field(rng, bshape, n_ctrl, sd=1.0, n=n)
+    local = tuple(brain.vox - np.array([x0, y0, z0])[:, None])
+    return f[(slice(None), *local)]
+
+
+def receive_field(rng: np.random.Generator, brain) -> np.ndarray:
+    """``(4, V)`` multiplicative receive field: shared smooth part (max +-10-20 %) times per-contrast (+-1-3 %)."""
+    f = _fields_on_brain(rng, brain, 1 + len(CONTRASTS), ctrl_mm=60.0)
+    f /= np.maximum(np.abs(f).max(axis=1, keepdims=True), 1e-6)
+    shared = 1.0 + float(rng.uniform(0.10, 0.20)) * f[0]
+    own = 1.0 + rng.uniform(0.01, 0.03, len(CONTRASTS)).astype(np.float32)[:, None] * f[1:]
+    return (shared[None, :] * own).astype(np.float32)
+
+
+def texture(rng: np.random.Generator, brain) -> tuple[np.ndarray, float, float]:
+    """``((2, V) unit fields for T1 and T2, normal amplitude, lesion amplitude)``; correlation 5-10 mm."""
+    f = _fields_on_brain(rng, brain, 2, ctrl_mm=float(rng.uniform(5.0, 10.0)))
+    f /= np.maximum(f.std(axis=1, keepdims=True), 1e-6)
+    f = np.clip(f / 2.0, -1.0, 1.0)  # +-2 sd -> +-1
+    return f.astype(np.float32), float(rng.uniform(0.02, 0.04)), float(rng.uniform(0.10, 0.15))
+
+
+def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool = False,
+                 parts: Parts | None = None) -> dict:
+    """One version-2 subject; the layout of :func:`data_prep.phantom.make_subject`'s result, plus ``info``
+    (protocol, lesion kinds placed) and, with ``return_tissue``, v2's compartments in ``tissue``."""
+    parts = parts or Parts()
+    ss = np.random.SeedSequence(int(seed))
+    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss = ss.spawn(7)
+    rng = np.random.default_rng(anatomy)
+    brain = warped_brain(rng, spacing)
+    lesion = grow_lesion(rng, brain.out_mm, brain.tpl_mm, brain.wm, spacing)
+    normal = 1.0 - lesion.fractions.sum(axis=0)
+    v = brain.vox.shape[1]
+    frac = {"wm": brain.wm * normal, "gm": brain.gm * normal, "csf": (1.0 - brain.gm - brain.wm) * normal,
+            **{k: f.copy() for k, f in zip(("necrosis", "enhancing", "edema"), lesion.fractions)},
+            **{k: np.zeros(v, dtype=np.float32) for k in KINDS}}
+    placed = add_kinds(np.random.default_rng(kinds_ss), frac, brain.out_mm, lesion, spacing, parts.prevalence)
+
+    trng = np.random.default_rng(tissue_ss)
+    reference = {**REFERENCE, **KIND_TISSUES}
+    age = placed.get("haemorrhage", {}).get("age", "late")
+    h = reference["haemorrhage"]
+    reference["haemorrhage"] = type(h)(t1=h.t1, t2=HAEMORRHAGE_T2[age], pd=h.pd, gd=h.gd)
+    tissues = jitter_tissues(trng, reference=reference, names=TISSUES_V2)
+    protocol = draw_protocol(np.random.default_rng(protocol_ss)) if parts.protocol else REFERENCE_PROTOCOL
+    tex, amp_normal, amp_lesion = texture(np.random.default_rng(texture_ss), brain) if parts.texture else (None, 0, 0)
+
+    clean = np.zeros((len(CONTRASTS), v), dtype=np.float32)
+    for name in TISSUES_V2:
+        idx = np.flatnonzero(frac[name] > 0)
+        if idx.size == 0:
+            continue
+        t, (f1, f2) = tissues[name], field_factors(name, protocol.field)
+        t1 = np.full(idx.size, t.t1 * f1, dtype=np.float32)
+        t2 = np.full(idx.size, t.t2 * f2, dtype=np.float32)
+        if tex is not None:
+            amp = amp_normal if name in NORMAL else amp_lesion
+            t1 *= 1.0 + amp * tex[0, idx]
+            t2 *= 1.0 + amp * tex[1, idx]
+        clean[:, idx] += frac[name][idx] * signals(t.pd, t1, t2, t.gd, protocol)
+    if parts.receive:
+        clean *= receive_field(np.random.default_rng(receive_ss), brain)
+
+    nrng = np.random.default_rng(noise_ss)
+    gain = (GAIN * nrng.uniform(0.9, 1.1, len(CONTRASTS))).astype(np.float32)[:, None]
+    sigma = (nrng.uniform(0.015, 0.035, len(CONTRASTS)) * clean.mean(axis=1)).astype(np.float32)[:, None]
+    if parts.noise:
+        re = clean + sigma * nrng.standard_normal(clean.shape, dtype=np.float32)
+        im = sigma * nrng.standard_normal(clean.shape, dtype=np.float32)
+        magnitude = np.sqrt(re * re + im * im) * gain  # Rician
+    else:
+        magnitude = clean * gain
+    values = np.clip(np.rint(magnitude), 1, np.iinfo(np.int16).max).astype(np.int16)  # > 0 in the brain
+
+    images = {contrast: brain.to_grid(values[c]) for c, contrast in enumerate(CONTRASTS)}
+    out = {"sid": sid, "images": images, "seg": brain.to_grid(labels(frac)),
+           "mask": brain.to_grid(np.ones(v, dtype=bool)), "affine": brain.affine,
+           "info": {"protocol": protocol, "kinds": placed}}
+    if return_tissue:
+        out["tissue"] = {name: brain.to_grid(frac[name]) for name in TISSUES_V2}
+        out["clean"] = {contrast: brain.to_grid(clean[c] * gain[c]) for c, contrast in enumerate(CONTRASTS)}
+    return out
+
+
+__all__ = ["TISSUES_V2", "Parts", "receive_field", "texture", "make_subject"]
