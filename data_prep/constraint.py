@@ -1,23 +1,26 @@
-"""Constraint maps: per-voxel cluster labels that summarize a subject's multi-contrast signal (DESIGN §4).
+"""Constraint maps: per-voxel cluster labels that summarize a subject's multi-contrast signal (docs/METHOD.md).
 
-Recipe (after the authors' public 2D reference code, made 3D), per subject and setting:
+Recipe ``RECIPE`` = 2, the authors' public 2D reference code (``Datagen/generate_constraint_maps.py``) made 3D,
+per subject and setting:
 
 1. take the chosen contrasts; stretch each to its 0.01–99.9 percentile inside the brain (clip, scale to [0, 1]);
 2. stack the brain voxels as ``(N, C)``; PCA with ``C`` components (scikit-learn);
-3. min-max each component to [0, 1] inside the brain;
-4. total-variation denoise each component as a 3D volume (scikit-image ``denoise_tv_chambolle``,
-   ``weight=0.1`` on the [0, 1] scale, at most 20 iterations); outside the brain each component is filled with
-   its nearest brain voxel first, so the brain's edge is not pulled toward a background value;
+3. min-max all components *together* to [0, 1] inside the brain (one global min and max: the components keep
+   their variance ratio, so a noise component stays small);
+4. total-variation denoise each component as a 3D volume with the authors' call, scikit-image
+   ``denoise_tv_bregman(pc / pc.max(), weight=40)`` (split Bregman; on this scale about Chambolle 0.0125, an
+   eighth of recipe 1's Chambolle 0.1: docs/METHOD.md has the measurement); outside the brain each component is
+   filled with its nearest brain voxel first, so the brain's edge is not pulled toward a background value;
 5. k-means with ``K`` clusters (scikit-learn ``KMeans``, k-means++ init, ``n_init=1``, seeded), fitted on a
    seeded random subsample of at most 200 000 brain voxels, then ``predict`` on every brain voxel;
 6. relabel the clusters 1..K in a canonical order (centres sorted by PC1, then PC2, ...); 0 outside the brain.
 
-Cost on one core (brain 1.9M voxels, box 145x181x155, K=20): stretch 0.3 s, PCA 0.05 s, nearest fill 0.2 s,
-TV 4 x 0.75 s (20 iterations; 50 iterations cost 1.5 s each and move values by 0.007 vs 0.010 at 20, on a
-component of sd 0.10), k-means fit on 200k voxels 0.2 s, predict all 0.02 s: about 4 s a subject.
+Deviation kept: the authors cluster the whole volume, background included; we cluster brain voxels only. The
+labels explain T1w/T2w variance inside the brain at least as well (R², :func:`label_r2`; docs/METHOD.md).
 
 The labels are a deterministic function of (volumes, mask, K, seed), and invariant to a positive affine change
-of any contrast's intensities (the percentile stretch removes it).
+of any contrast's intensities (the percentile stretch removes it). A store records the recipe of each setting
+(``ConstraintSpec.recipe``); a map of another recipe is refused with the fix (recompute it).
 
 :func:`add_constraint` adds a setting to every subject of an existing store, safely under concurrent callers.
 """
@@ -39,8 +42,8 @@ from .schema import CONTRASTS, canonical_contrast, channel_index, constraint_nam
 log = logging.getLogger(__name__)
 
 STRETCH_PERCENTILES = (0.01, 99.9)
-TV_WEIGHT = 0.1  # denoise_tv_chambolle weight on [0, 1]-scaled components
-TV_MAX_ITER = 20  # ~0.19 s/iteration/component on one core at full size; see the module docstring
+RECIPE = 2  # 1: per-component min-max, Chambolle 0.1 (before docs/METHOD.md); 2: the authors' (module docstring)
+TV_BREGMAN_WEIGHT = 40.0  # the authors' denoise_tv_bregman weight, on components scaled to max 1
 FIT_SAMPLES = 200_000  # brain voxels k-means is fitted on (then predicts all)
 KMEANS_N_INIT = 1  # n_init=3 lowered inertia by 1% at 3.4x the fit cost
 MAX_K = 255  # labels are uint8
@@ -62,6 +65,7 @@ class ConstraintSpec(FrozenConfig):
     contrasts: tuple[str, ...] = CONTRASTS
     k: int = 20
     seed: int = 0
+    recipe: int = RECIPE  # how the map is made (module docstring); only the current one is computed
 
     def validate(self) -> None:
         try:
@@ -74,6 +78,8 @@ class ConstraintSpec(FrozenConfig):
         require(2 <= self.k <= MAX_K,
                 f"ConstraintSpec.k={self.k} is out of range: use 2 <= k <= {MAX_K} (20-30 work well)")
         require(self.seed >= 0, f"ConstraintSpec.seed={self.seed} must be >= 0")
+        require(self.recipe == RECIPE, f"ConstraintSpec.recipe={self.recipe}: this cclray computes recipe {RECIPE} "
+                                       f"only (docs/METHOD.md); leave recipe out")
         object.__setattr__(self, "contrasts", tuple(c for c in CONTRASTS if c in canon))
 
     @property
@@ -121,13 +127,47 @@ def check_constraint(store, name: str, subjects: list[str], key: str = "Pretrain
     """Refuse a constraint map ``name`` that ``store`` (a :class:`data_prep.store.Store`) neither records
     in its attrs nor holds for the first of ``subjects``; the message names the maps it has and the fix."""
     have = store.attrs.get("constraints") or {}
-    if name in have or not subjects or store.has_array(subjects[0], f"constraint/{name}"):
+    if name in have:
+        recipe = int(have[name].get("recipe", 1))
+        if recipe != RECIPE:
+            spec = have[name]
+            raise ConfigError(
+                f"{key}={name!r}: the map in {store.url} was made with constraint recipe {recipe}, this cclray "
+                f"uses recipe {RECIPE} (the authors' TV strength and PC scaling, docs/METHOD.md): recompute it "
+                f"with `cclray constraint {store.url} --contrasts {','.join(spec.get('contrasts', []))} "
+                f"--k {spec.get('k')} --seed {spec.get('seed', 0)}`")
+        return
+    if not subjects or store.has_array(subjects[0], f"constraint/{name}"):
         return
     raise ConfigError(f"{key}={name!r}: constraint map not in {store.url} (it has {sorted(have)}): pass "
                       f"--constraint with one of those, or add it with `cclray constraint`")
 
 
 # ------------------------------------------------------------------------------------------ the map
+def tv_denoise(volume: np.ndarray, weight: float = TV_BREGMAN_WEIGHT) -> np.ndarray:
+    """The authors' TV step: ``denoise_tv_bregman(v / v.max(), weight) * v.max()`` (scikit-image split Bregman;
+    a larger ``weight`` denoises less). ``volume`` (X, Y, Z) float, max > 0 -> the same shape, float32."""
+    from skimage.restoration import denoise_tv_bregman
+
+    top = float(volume.max())
+    if top <= 0:
+        return volume.astype(np.float32, copy=True)
+    return (denoise_tv_bregman(volume / top, weight=weight) * top).astype(np.float32)
+
+
+def label_r2(labels: np.ndarray, values: np.ndarray, mask: np.ndarray) -> float:
+    """How much of ``values``' variance inside ``mask`` the cluster ``labels`` explain: R² of the predictor
+    "mean of the voxel's cluster" (= between-cluster / total sum of squares). All arrays (X, Y, Z); 1.0 when
+    every cluster is constant, 0.0 when the cluster means are all equal (nan for a constant ``values``)."""
+    lab = np.asarray(labels)[mask].astype(np.int64)
+    v = np.asarray(values, dtype=np.float64)[mask]
+    counts = np.bincount(lab)
+    means = np.bincount(lab, weights=v) / np.maximum(counts, 1)
+    total = float(((v - v.mean()) ** 2).sum())
+    resid = float(((v - means[lab]) ** 2).sum())
+    return 1.0 - resid / total if total > 0 else float("nan")
+
+
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
@@ -143,14 +183,17 @@ def stretch(values: np.ndarray, percentiles=STRETCH_PERCENTILES) -> np.ndarray:
 
 
 def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int = 0, *,
-                   tv_weight: float = TV_WEIGHT, fit_samples: int = FIT_SAMPLES) -> np.ndarray:
+                   fit_samples: int = FIT_SAMPLES, denoise: Callable | None = None,
+                   pc_scale: str = "global") -> np.ndarray:
     """volumes (C, X, Y, Z) float (any intensity scale), mask (X, Y, Z) bool -> (X, Y, Z) uint8 labels.
 
     Labels are 1..K inside ``mask`` (fewer, with a warning, only when the brain has fewer than K distinct
     feature vectors), 0 outside; deterministic for a given ``seed``. See the module docstring for the recipe.
+    ``denoise``: the TV step on one component volume (default :func:`tv_denoise`, the authors' Bregman call);
+    a measurement may swap in another. ``pc_scale``: ``"global"`` (one min-max for all components, the
+    authors') or ``"each"`` (recipe 1: each component to [0, 1]; kept to measure against).
     """
     from scipy import ndimage
-    from skimage.restoration import denoise_tv_chambolle
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
@@ -169,10 +212,13 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
     m = mask[box]  # (x, y, z) bool, tight box
     n_ch = volumes.shape[0]
 
-    # 1-3: stretch, PCA, min-max (brain voxels only)
+    denoise = denoise or tv_denoise
+    # 1-3: stretch, PCA, one min-max for all components (brain voxels only)
     x = stretch(volumes[(slice(None), *box)][:, m].T)  # (N, C) in [0, 1]
     pcs = PCA(n_components=n_ch, random_state=seed).fit_transform(x)  # (N, C)
-    lo, hi = pcs.min(axis=0), pcs.max(axis=0)
+    if pc_scale not in ("global", "each"):
+        raise ValueError(f"constraint_map: pc_scale={pc_scale!r}; use 'global' or 'each'")
+    lo, hi = (pcs.min(), pcs.max()) if pc_scale == "global" else (pcs.min(axis=0), pcs.max(axis=0))
     pcs = ((pcs - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
 
     # 4: TV denoise each component on the box; outside the brain = nearest brain voxel's value
@@ -184,7 +230,7 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
     for c in range(n_ch):
         vol[m] = pcs[:, c]
         filled = vol if nearest is None else vol[tuple(nearest)]
-        feats[:, c] = denoise_tv_chambolle(filled, weight=tv_weight, max_num_iter=TV_MAX_ITER)[m]
+        feats[:, c] = denoise(filled)[m]
 
     # 5: k-means on a seeded subsample, predict all
     rng = np.random.default_rng(seed)
@@ -208,6 +254,21 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
 
 
 # ------------------------------------------------------------------------------------------ a store
+def store_label_r2(store, name: str, subjects: list[str], contrasts=("t1w", "t2w")) -> dict[str, list[float]]:
+    """Per contrast, the R² (:func:`label_r2`) of constraint map ``name`` for each of ``subjects`` of ``store``
+    (a :class:`data_prep.store.Store`): ``{"t1w": [r2, ...], "t2w": [...]}``."""
+    from .schema import channel_index
+
+    out: dict[str, list[float]] = {c: [] for c in contrasts}
+    for sid in subjects:
+        image = store.read(sid, "image")
+        mask = store.read(sid, "mask").astype(bool)
+        labels = store.read(sid, f"constraint/{name}")
+        for c in contrasts:
+            out[c].append(label_r2(labels, image[channel_index(c)], mask))
+    return out
+
+
 def _has_valid(store, sid: str, name: str, mask: np.ndarray | None = None) -> bool:
     """True when ``constraint/<name>`` exists, reads back, and is > 0 exactly inside the brain (a write killed
     midway leaves missing chunks that read as 0, or an undecodable chunk: both count as absent)."""
@@ -223,8 +284,9 @@ def _has_valid(store, sid: str, name: str, mask: np.ndarray | None = None) -> bo
 
 
 def _compute_one(url: str, spec: dict, sid: str, storage_options: dict | None = None,
-                 threads: int | None = None) -> tuple[str, bool, float]:
-    """Compute and write ``spec`` for ``sid`` unless already there. Returns (sid, computed, seconds).
+                 threads: int | None = None, force: bool = False) -> tuple[str, bool, float]:
+    """Compute and write ``spec`` for ``sid`` unless already there (``force``: even then, e.g. a map of an
+    older recipe). Returns (sid, computed, seconds).
     ``threads`` caps BLAS/OpenMP threads (1 in pool workers, so N workers use N cores)."""
     if threads is not None:
         from threadpoolctl import threadpool_limits
@@ -236,7 +298,7 @@ def _compute_one(url: str, spec: dict, sid: str, storage_options: dict | None = 
     spec = ConstraintSpec.from_dict(spec)
     store = Store(url, mode="a", storage_options=storage_options)
     mask = store.read(sid, "mask").astype(bool)
-    if _has_valid(store, sid, spec.name, mask):
+    if not force and _has_valid(store, sid, spec.name, mask):
         return sid, False, 0.0
     image = store.read(sid, "image")  # (4, X, Y, Z) float16, normalized
     vols = image[spec.channel_indices()].astype(np.float32)  # (C, X, Y, Z)
@@ -279,7 +341,12 @@ def add_constraint(store_url: str, spec: ConstraintSpec, workers: int = 1, progr
         store = Store(url, mode="a")  # opened under the lock: attrs as the last holder left them
         subjects = [s for s in store.subjects() if store.is_complete(s)]
         recorded = store.attrs.get("constraints", {}) or {}
-        if spec.name in recorded and recorded[spec.name] != spec.to_dict():
+        old = dict(recorded.get(spec.name) or {})
+        force = bool(old) and int(old.pop("recipe", 1)) != RECIPE
+        if force and old == {k: v for k, v in spec.to_dict().items() if k != "recipe"}:
+            log.warning("constraint %s in %s was made with an older recipe: recomputing it for every subject",
+                        spec.name, url)
+        elif spec.name in recorded and recorded[spec.name] != spec.to_dict():
             raise ConfigError(f"{url} already holds constraint {spec.name!r} with another setting "
                               f"{recorded[spec.name]} (asked: {spec.to_dict()}); its name ignores the seed, so "
                               f"reuse that seed or delete constraint/{spec.name} from every subject first")
@@ -289,14 +356,14 @@ def add_constraint(store_url: str, spec: ConstraintSpec, workers: int = 1, progr
             workers = 1
         if workers <= 1 or len(subjects) <= 1:
             for sid in subjects:
-                _, did, _ = _compute_one(url, spec.to_dict(), sid, opts)
+                _, did, _ = _compute_one(url, spec.to_dict(), sid, opts, force=force)
                 computed += did
                 report(sid, did)
         else:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(subjects)), mp_context=ctx) as pool:
-                futures = [pool.submit(_compute_one, url, spec.to_dict(), sid, opts, 1) for sid in subjects]
+                futures = [pool.submit(_compute_one, url, spec.to_dict(), sid, opts, 1, force) for sid in subjects]
                 for fut in as_completed(futures):
                     sid, did, _ = fut.result()
                     computed += did

@@ -68,7 +68,10 @@ def _take(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
 def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, axis: int = 2,
                       slice_index: int | None = None) -> Path:
     """Draw one slice of ``sid``: the four contrasts (grey, 1–99 percentile window inside the brain) beside
-    constraint map ``name`` (qualitative colours, 0 black). Writes ``out_png``; returns its path."""
+    constraint map ``name`` (qualitative colours, 0 black); each contrast's title gives the R² of its
+    brain voxels explained by the labels (:func:`data_prep.constraint.label_r2`). Writes ``out_png``; returns its
+    path."""
+    from .constraint import label_r2
     from .store import Store
 
     if axis not in (0, 1, 2):
@@ -96,7 +99,7 @@ def constraint_figure(store_url: str, sid: str, name: str, out_png: str | Path, 
         shown = np.where(mask, vol, lo)  # background black
         ax.imshow(_take(shown, axis, slice_index), cmap="gray", vmin=lo, vmax=hi, origin="lower",
                   interpolation="nearest")
-        ax.set_title(CONTRAST_DISPLAY.get(c, c))
+        ax.set_title(f"{CONTRAST_DISPLAY.get(c, c)} (labels R² {label_r2(labels, vol, mask):.3f})", fontsize=9)
     ax = axes[-1]
     ax.imshow(_take(labels, axis, slice_index), cmap=label_colormap(k), vmin=-0.5, vmax=k + 0.5, origin="lower",
               interpolation="nearest")

@@ -6,7 +6,7 @@ Store layout (Zarr v3, schema version ``SCHEMA_VERSION``)::
 
     STORE/                         root group
       attrs: schema_version, channels, prep_config, subjects, splits, failed,
-             fingerprint, constraints {name: {contrasts, k, seed, ...}}, layout {chunks, dtype, codec},
+             fingerprint, constraints {name: {contrasts, k, seed, recipe}}, layout {chunks, dtype, codec},
              spacing [sx, sy, sz] mm of the stored grid when every subject shares it (else null)
       subjects/<sid>/              one group a subject
         image      (4, X, Y, Z)  float, normalized, channel order = root attrs "channels"

@@ -20,6 +20,7 @@ def make_tiny_store(path, shape=(24, 24, 24), splits=None, seed=0) -> dict:
     Returns ``{"url", "splits", "constraint", "shape"}``."""
     from scipy.ndimage import gaussian_filter
 
+    from data_prep.constraint import RECIPE
     from data_prep.schema import CONTRASTS, constraint_name
     from data_prep.store import Store
 
@@ -42,7 +43,7 @@ def make_tiny_store(path, shape=(24, 24, 24), splits=None, seed=0) -> dict:
         image = means[cls].transpose(3, 0, 1, 2) + 0.05 * rng.normal(size=(4, *shape)).astype(np.float32)
         image = (image * mask).astype(np.float32)
         store.write_subject(sid, image, mask, {"affine": np.eye(4).tolist()}, constraints={name: cls})
-    store.update_attrs(subjects=sids, splits=order, constraints={name: {"contrasts": list(CONTRASTS), "k": 20}})
+    store.update_attrs(subjects=sids, splits=order, constraints={name: {"contrasts": list(CONTRASTS), "k": 20, "seed": 0, "recipe": RECIPE}})
     return {"url": str(path), "splits": order, "constraint": name, "shape": shape}
 
 

@@ -49,7 +49,27 @@ def _add(args, spec) -> str:
         name = add_constraint(args.store, spec, workers=args.workers, progress=progress)
     print(f"{name}: computed for {counts['computed']} subject(s), {counts['present']} already had it; "
           f"recorded in {args.store}")
+    print(_r2_line(args.store, name))
     return name
+
+
+R2_SUBJECTS = 8  # subjects the R² line reads (whole volumes: a few seconds at 1 mm)
+
+
+def _r2_line(store_url: str, name: str) -> str:
+    """How much of T1w/T2w variance inside the brain the labels explain (docs/METHOD.md), over the first
+    subjects of the store."""
+    import statistics
+
+    from data_prep.constraint import store_label_r2
+    from data_prep.store import Store
+
+    store = Store(store_url)
+    sids = store.subjects()[:R2_SUBJECTS]
+    r2 = store_label_r2(store, name, sids)
+    parts = [f"{c[:2].upper()}w {statistics.fmean(v):.3f} (min {min(v):.3f})" for c, v in r2.items() if v]
+    return (f"{name}: R² of the contrast explained by the cluster labels, inside the brain, over {len(sids)} "
+            f"subject(s): " + ", ".join(parts))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Constrained contrastive loss (CCL), DESIGN §4, vectorized over anchors and batch.
+"""Constrained contrastive loss (CCL), docs/METHOD.md, vectorized over anchors and batch.
 
 Per image: anchors are ``n_anchors`` foreground features sampled without replacement; each anchor's
 cosine similarity to every other foreground feature of the same image is computed, the ``top_k``

@@ -11,7 +11,15 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from data_prep.config import ConfigError
-from data_prep.constraint import ConstraintSpec, add_constraint, constraint_map
+from data_prep.constraint import (
+    RECIPE,
+    ConstraintSpec,
+    add_constraint,
+    check_constraint,
+    constraint_map,
+    label_r2,
+    tv_denoise,
+)
 from data_prep.schema import CONTRASTS
 from data_prep.store import Store
 
@@ -105,6 +113,53 @@ def test_tiny_mask_names_the_fix():
     mask[2, 2, 2:5] = True
     with pytest.raises(ValueError, match="lower k"):
         constraint_map(np.ones((2, 8, 8, 8)), mask, k=5)
+
+
+def test_label_r2_by_hand():
+    labels = np.array([1, 1, 2, 2, 0])[:, None, None]
+    values = np.array([1.0, 3.0, 5.0, 7.0, 100.0])[:, None, None]
+    mask = labels > 0
+    # inside the mask: mean 4, total SS 9+1+1+9 = 20; cluster means 2 and 6, residual SS 1+1+1+1 = 4
+    assert label_r2(labels, values, mask) == pytest.approx(1 - 4 / 20)
+    assert label_r2(np.ones_like(labels), values, mask) == pytest.approx(0.0)
+    assert label_r2(np.arange(5)[:, None, None], values, mask) == pytest.approx(1.0)
+
+
+def test_tv_denoise_is_the_authors_bregman_call():
+    """v / max, denoise_tv_bregman(weight=40), times max; it smooths noise and keeps an edge."""
+    from skimage.restoration import denoise_tv_bregman
+
+    rng = np.random.default_rng(0)
+    clean = np.zeros((16, 16, 16), np.float32)
+    clean[8:] = 2.0
+    noisy = clean + 0.2 * rng.normal(size=clean.shape).astype(np.float32)
+    out = tv_denoise(noisy)
+    assert np.allclose(out, denoise_tv_bregman(noisy / noisy.max(), weight=40) * noisy.max(), atol=1e-5)
+    assert np.abs(out - clean).mean() < 0.75 * np.abs(noisy - clean).mean()  # mild: measured 0.65
+    assert out[12:].mean() - out[:4].mean() > 1.8
+
+
+def test_components_share_one_min_max():
+    """Recipe 2 min-maxes all components together (their variance ratio kept: a noise component stays small);
+    recipe 1 (``pc_scale="each"``) stretched each to [0, 1]. As the TV step sees them."""
+    vols, mask, _ = phantom(noise=0.3)
+    for scale in ("global", "each"):
+        seen = []
+
+        def spy(v):
+            seen.append(v.ravel().copy())  # the brain box, outside filled with brain values
+            return v
+
+        constraint_map(vols, mask, k=4, seed=0, denoise=spy, pc_scale=scale)
+        spans = [float(c.max() - c.min()) for c in seen]
+        assert min(c.min() for c in seen) == pytest.approx(0.0, abs=1e-6)
+        assert max(c.max() for c in seen) == pytest.approx(1.0, abs=1e-6)
+        if scale == "each":
+            assert spans == pytest.approx([1.0] * 4, abs=1e-6)
+        else:
+            assert spans[-1] < 0.5 * spans[0]
+            stds = [float(c.std()) for c in seen]
+            assert stds == sorted(stds, reverse=True)  # PCA order: decreasing variance
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -204,6 +259,26 @@ def test_add_constraint_recomputes_a_torn_map_and_refuses_a_seed_clash(tmp_path)
         add_constraint(url, spec.replace(seed=7))
 
 
+def test_an_older_recipe_is_refused_for_training_and_recomputed_on_request(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    sids = make_store(url, n=2)
+    spec = ConstraintSpec(k=4)
+    add_constraint(url, spec)
+    old = {k: v for k, v in spec.to_dict().items() if k != "recipe"}  # as a store of recipe 1 records it
+    store = Store(url, mode="a")
+    store.update_attrs(constraints={spec.name: old})
+    store.write_constraint(sids[0], spec.name, store.read(sids[0], "mask").astype(np.uint8))  # a valid old map
+    with pytest.raises(ConfigError, match=f"recipe 1.*recipe {RECIPE}.*cclray constraint .* --k 4"):
+        check_constraint(Store(url), spec.name, sids)
+    calls = []
+    add_constraint(url, spec, progress=lambda sid, did: calls.append((sid, did)))
+    assert sorted(calls) == [(s, True) for s in sids]  # recomputed, though the maps were there
+    assert Store(url).attrs["constraints"][spec.name]["recipe"] == RECIPE
+    check_constraint(Store(url), spec.name, sids)
+    with pytest.raises(ConfigError, match="recipe"):
+        ConstraintSpec(recipe=1)
+
+
 RACER = textwrap.dedent("""
     import sys, time
     import data_prep.constraint as C
@@ -290,6 +365,7 @@ def test_cli_adds_and_draws(tmp_path, capsys):
     url = str(tmp_path / "s.zarr")
     sids = make_store(url, n=2)
     assert main(["constraint", url, "--contrasts", "t1gd,t1w", "--k", "4", "--workers", "1"]) == 0
+    assert "R² of the contrast explained by the cluster labels" in capsys.readouterr().out
     assert Store(url).has_array(sids[1], "constraint/t1w+t1gd-k4")
     png = tmp_path / "c.png"
     assert main(["constraint", url, "--png", str(png), "--subject", sids[1]]) == 0

@@ -10,6 +10,7 @@ from brats_files import SHAPE, contrast_file, make_volumes, write_subject_dir
 from brats_files import _stub_map as stub_constraint_map
 from data_prep import preprocess
 from data_prep.config import ConfigError
+from data_prep.constraint import RECIPE
 from data_prep.prep import PrepConfig, run_prep
 from data_prep.schema import CONTRASTS, constraint_name
 from data_prep.splits import PAPER_SPLITS, make_splits, parse_splits, split_sizes
@@ -88,7 +89,7 @@ def test_round_trip(cfg, tmp_path, src, real_constraint):
         assert attrs["naming"] in ("brats2021", "brats2023")
         assert set(attrs["source_files"]) >= set(CONTRASTS)
     root = store.attrs
-    assert root["constraints"] == {CNAME: {"contrasts": list(CONTRASTS), "k": K, "seed": 0}}
+    assert root["constraints"] == {CNAME: {"contrasts": list(CONTRASTS), "k": K, "seed": 0, "recipe": RECIPE}}
     assert root["prep_config"] == cfg.to_dict() and root["failed"] == []
     assert sorted(sum(root["splits"].values(), [])) == store.subjects()
     assert len(root["fingerprint"]) == 16
