@@ -51,6 +51,32 @@ INSTALL_HINT = {
 DEFAULT_BATCH = 2  # windows per run on CPU (bench_runtime.py: 1, 2, 4 within noise; 2 bounds memory)
 
 
+# the onnxruntime builds on PyPI: each installs the one `onnxruntime` module, so two of them overwrite each other
+BUILDS = ("onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu", "onnxruntime-directml")
+
+
+def installed_builds(version: Callable[[str], str] | None = None) -> list[str]:
+    """The onnxruntime distributions installed here (more than one is a broken install)."""
+    import importlib.metadata as md
+
+    found = []
+    for name in BUILDS:
+        try:
+            (version or md.version)(name)
+        except md.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def check_single_build(builds: list[str]) -> None:
+    """Warn when several onnxruntime builds share the ``onnxruntime`` module (the last installed won)."""
+    if len(builds) > 1:
+        log.warning("several onnxruntime builds are installed (%s): they are one module and overwrite each other's "
+                    "files; keep one: `pip uninstall -y %s`, then `pip install 'cclray[runtime]'` (or the one build "
+                    "you want)", ", ".join(builds), " ".join(builds))
+
+
 class RuntimeSetupError(UserError, RuntimeError):
     """The model file or the requested execution provider cannot be used; the message says the fix."""
 
@@ -88,6 +114,7 @@ class OnnxSynthesizer:
         if not path.is_file():
             raise RuntimeSetupError(f"{path}: no such model file; export one with `cclray export --out {path}`")
         check_external_data(path)
+        check_single_build(installed_builds())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -315,3 +315,39 @@ def test_no_resample_refuses_and_names_both_spacings(model_2mm, tmp_path, capsys
     img = nib.load(str(out / "BraTS-GLI-00009-000-t1n-synth.nii.gz"))
     assert img.shape == brain()["t1gd"].shape
     np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+
+
+def test_two_onnxruntime_builds_are_reported(caplog):
+    """onnxruntime and onnxruntime-openvino are one module: having both installed is warned about, with the fix."""
+    import importlib.metadata as md
+
+    from export.runtime import check_single_build, installed_builds
+
+    def version(name):
+        if name in ("onnxruntime", "onnxruntime-openvino"):
+            return "1.0"
+        raise md.PackageNotFoundError(name)
+
+    builds = installed_builds(version)
+    assert builds == ["onnxruntime", "onnxruntime-openvino"]
+    with caplog.at_level("WARNING", logger="export.runtime"):
+        check_single_build(builds)
+        check_single_build(["onnxruntime"])
+    assert len(caplog.records) == 1
+    assert "pip uninstall -y onnxruntime onnxruntime-openvino" in caplog.text
+    assert installed_builds()  # this test environment has one
+
+
+def test_outputs_are_gzip_any_reader_opens(tmp_path):
+    """save_nifti gzips with ISA-L when installed: the file is a plain .nii.gz (nibabel and gzip read it)."""
+    import gzip
+
+    from export.runtime_io import save_nifti
+
+    data = brain((20, 18, 16))["t1gd"]
+    path = tmp_path / "x.nii.gz"
+    save_nifti(nib.Nifti1Image(data, AFFINE), path)
+    assert gzip.decompress(path.read_bytes())[344:348] == b"n+1\x00"  # a gzip stream of a NIfTI-1 file
+    img = nib.load(str(path))
+    np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), data)
+    np.testing.assert_allclose(img.affine, AFFINE)
