@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "synthesize": "run an ONNX synthesizer on NIfTI inputs (no torch needed)",
     "tune": "Ray Tune search over constraint and loss settings",
     "demo": "the end-to-end demo on the phantom cohort",
-    "reproduce": "the paper's table: CCL vs scratch over seeds on a phantom cohort with the paper's split",
+    "reproduce": "the paper's table: floor, scratch, CCL, ceiling over seeds on a phantom cohort, with CIs",
 }
 
 

@@ -1,12 +1,15 @@
-"""Reproduce the paper's table: CCL-pretrained vs from-scratch finetuning, same finetune budget, several seeds.
+"""Reproduce the paper's table: CCL-pretrained vs from-scratch finetuning, same finetune budget, several seeds,
+between a floor and a ceiling.
 
 One phantom cohort with the paper's split (pretrain 80, finetune 10, val 5, test 10) is made and prepared
-once; for every training seed the demo's training steps run (:func:`cclray.demo.train_and_evaluate`:
-CCL pretrain, finetune from it, finetune from scratch, evaluate both on the test split). The table gives,
-per run and metric, the mean ± sd over seeds of each seed's test-split mean, beside the published numbers,
-plus the per-seed paired difference CCL − Baseline. Every step is kept on disk: a rerun continues.
+once; for every training seed :func:`cclray.demo.train_and_evaluate` runs CCL pretraining, finetuning from
+it, finetuning from scratch, the regressor floor, the supervised-all ceiling (scratch on pretrain +
+finetune), and evaluates the four on the test split. ``table.md`` gives, for every (metric family, region),
+each arm's mean over test subjects (a subject's seeds averaged first) with a bootstrap 95 % CI, and every
+arm's paired difference to the Baseline with its CI and Wilcoxon p (:mod:`cclray.evaluation.stats`); the
+primary endpoint (T1w SSIM, masked, brain) first. Every step is kept on disk: a rerun continues.
 
-Presets: ``cpu`` (2 mm volumes, 32³ patches, a few hundred steps a stage: about two hours on 2 CPU cores)
+Presets: ``cpu`` (2 mm volumes, 32³ patches, a few hundred steps a stage: 15–26 min a seed on 2 CPU cores)
 and ``paper`` (1 mm, 128³ patches, the paper's sizes: a GPU cluster job).
 """
 from __future__ import annotations

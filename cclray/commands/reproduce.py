@@ -5,7 +5,7 @@ from __future__ import annotations
 def add_arguments(p) -> None:
     p.add_argument("--out", default="reproduction", help="output folder (default reproduction); a rerun continues")
     p.add_argument("--preset", default="cpu", choices=["cpu", "cpu-quick", "paper"],
-                   help="cpu: 2 mm, 32³ patches, 1-2 h on 2 cores; cpu-quick: a tenth of its pretraining, "
+                   help="cpu: 2 mm, 32³ patches, 15-26 min a seed on 2 cores; cpu-quick: a tenth of its pretraining, "
                         "~30 min; paper: the paper's sizes (GPU cluster)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the preset's)")
