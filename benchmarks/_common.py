@@ -203,6 +203,17 @@ class Report:
         print(f"RATIO {name}: {value:.3g} (goal {goal_text}) {verdict} {note}".rstrip(), flush=True)
         return value
 
+    def ratio_runs(self, name: str, numerators: list[float], denominators: list[float], goal: float | None = None,
+                   note: str = "") -> float:
+        """A ratio over back-to-back repetitions (``numerators[i] / denominators[i]``, each pair taken in
+        the same round): the median is the value, min / median / max and the count go into the note, so
+        one run's noise cannot pass for a result."""
+        runs = sorted(a / b for a, b in zip(numerators, denominators))
+        spread = f"min/median/max {runs[0]:.3g}/{statistics.median(runs):.3g}/{runs[-1]:.3g} over {len(runs)} runs"
+        value = self.ratio(name, statistics.median(runs), goal, note=f"{spread}; {note}" if note else spread)
+        self.ratios[-1].update(runs=runs)
+        return value
+
     def note(self, text: str) -> None:
         self.notes.append(text)
         print(f"  note: {text}", flush=True)
