@@ -8,7 +8,7 @@ nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``los
     store, split                       the Zarr store and its training split
     model.inputs, model.targets, model.widths, model.groups, model.proj_dim, model.proj_stride,
     model.act, model.down, model.up    the 3D encoder-decoder and its heads
-    loss.n_anchors, loss.top_k, loss.temperature, loss.l1_weight, loss.ssim_weight
+    loss.n_anchors, loss.top_k, loss.temperature, loss.self_positive, loss.l1_weight, loss.ssim_weight
     patch.patch_size, patch.batch_size, patch.fg_fraction, patch.patches_per_volume,
     patch.region_factor, patch.augment, patch.num_workers, patch.samples_per_epoch
     epochs, steps_per_epoch, lr, weight_decay, grad_clip, lr_schedule, plateau_factor,
@@ -124,9 +124,13 @@ class ModelConfig(FrozenConfig):
 class LossConfig(FrozenConfig):
     """CCL loss (stage 1) and synthesis loss (stage 2) settings."""
 
-    n_anchors: int = 20
+    # anchors per patch; the authors' 20 is for a 160x160 2D slice, a 3D patch has many more features and the
+    # loss is vectorized: 512 anchors cost 1.44x the step time of 20 (256: 1.35x) on the cpu preset's network
+    # (docs/METHOD.md, benchmarks/bench_anchors.py)
+    n_anchors: int = 512
     top_k: int = 100
     temperature: float = 0.1
+    self_positive: bool = True  # the anchor is among its own positives, as the authors' top-k (docs/METHOD.md)
     l1_weight: float = 1.0  # stage 2: masked L1
     ssim_weight: float = 0.0  # stage 2: optional (1 - SSIM) term
 

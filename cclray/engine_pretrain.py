@@ -38,7 +38,9 @@ def run_pretrain(cfg: PretrainConfig, ctx: TrainContext) -> dict:
     epoch's metrics (see :func:`cclray.engine.run_stage`)."""
     seed_everything(cfg.seed)  # same initial weights on every rank
     model = build_ccl_net(cfg.model)
-    ccl = CCLLoss(cfg.loss.n_anchors, cfg.loss.top_k, cfg.loss.temperature)
+    # strided-conv features centre on input voxel s*i, pooled ones on the block [s*i, s*i + s) (docs/METHOD.md)
+    ccl = CCLLoss(cfg.loss.n_anchors, cfg.loss.top_k, cfg.loss.temperature, self_positive=cfg.loss.self_positive,
+                  centred=cfg.model.down == "conv")
 
     def loss(net: nn.Module, batch: dict) -> torch.Tensor:
         feats = net(batch["input"])  # (B, proj_dim, D/s, H/s, W/s)

@@ -66,7 +66,7 @@ class SearchSpace(FrozenConfig):
     contrasts: tuple[str, ...] = ("all", "t1-only", "t2-only")
     temperature: tuple[float, float] = (0.05, 0.5)
     top_k: tuple[int, ...] = (50, 100, 200)
-    n_anchors: tuple[int, ...] = (10, 20, 40)
+    n_anchors: tuple[int, ...] = (64, 256, 512)
     proj_stride: tuple[int, ...] = (2, 4, 8)
     pretrain_lr: tuple[float, float] = (1e-4, 3e-3)
     pretrain_arm: bool = True  # also sample "no pretraining" (the control arm)

@@ -46,14 +46,59 @@ def test_downsample_known_pattern_keeps_block_layout():
         downsample_labels(fine, 3)
 
 
-def _manual_ccl(feats: np.ndarray, labels: np.ndarray, tau: float, top_k: int) -> float:
-    """Reference formula, one image, every foreground voxel an anchor. feats (N, E), labels (N,)."""
+def _linear_rf_net(cfg):
+    """``CCLNet(cfg)`` with every norm and activation removed and every conv averaging its inputs: the gradient of
+    a feature with respect to the input is then its receptive field's geometric weight."""
+    from torch import nn
+
+    from cclray.models import build_ccl_net
+
+    net = build_ccl_net(cfg)
+    for m in list(net.modules()):
+        for name, child in list(m.named_children()):
+            if isinstance(child, (nn.GroupNorm, nn.LeakyReLU, nn.ReLU)):
+                setattr(m, name, nn.Identity())
+            elif isinstance(child, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.constant_(child.weight, 1.0 / child.weight[0].numel())
+                if child.bias is not None:
+                    nn.init.zeros_(child.bias)
+    return net.double()
+
+
+@pytest.mark.parametrize("widths, s", [((8, 8, 8, 8), 2), ((8, 8, 8, 8, 8), 4)])
+def test_a_feature_gets_the_label_of_the_block_its_receptive_field_centres_on(widths, s):
+    """Strided-conv features (model.down="conv") centre on input voxel s*i, not on the block [s*i, s*i + s)
+    (centre s*i + (s-1)/2). Labels placed on blocks centred on s*i: the centred vote recovers each feature's
+    own block label; the plain block vote does not."""
+    from cclray.config import ModelConfig
+
+    net = _linear_rf_net(ModelConfig(widths=widths, proj_stride=s, groups=8, proj_dim=8, down="conv"))
+    p = 64
+    for i in (p // s // 2 - 1, p // s // 2):
+        x = torch.zeros(1, 2, p, p, p, dtype=torch.double, requires_grad=True)
+        net(x)[0, :, i, i, i].sum().backward()
+        w = x.grad.abs().sum(dim=(0, 1))
+        w = w / w.sum()
+        axis = torch.arange(p, dtype=torch.double)
+        centre = [float((w.sum(dim=dims) * axis).sum()) for dims in ((1, 2), (0, 2), (0, 1))]
+        assert centre == pytest.approx([s * i] * 3, abs=0.25)  # not s*i + (s-1)/2
+    n = 6
+    coarse = (torch.randperm(n ** 3, generator=torch.Generator().manual_seed(0)) + 1).reshape(1, n, n, n)
+    idx = ((torch.arange(n * s) + s // 2) // s).clamp(max=n - 1)  # voxel x belongs to the feature nearest x/s
+    fine = coarse[:, idx][:, :, idx][:, :, :, idx]
+    assert torch.equal(downsample_labels(fine, s, centred=True), coarse)
+    assert (downsample_labels(fine, s) == coarse).float().mean() < 0.2
+
+
+def _manual_ccl(feats: np.ndarray, labels: np.ndarray, tau: float, top_k: int, self_positive: bool = True) -> float:
+    """Reference formula, one image, every foreground voxel an anchor. feats (N, E), labels (N,).
+    Kept set: the ``top_k`` most similar others, plus the anchor itself with ``self_positive``."""
     z = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     sim = z @ z.T / tau
     losses = []
     for i in range(len(z)):
         others = [j for j in range(len(z)) if j != i]
-        top = sorted(others, key=lambda j: -sim[i, j])[:top_k]
+        top = [i] * self_positive + sorted(others, key=lambda j: -sim[i, j])[:top_k]
         pos = [j for j in top if labels[j] == labels[i]]
         neg = [j for j in top if labels[j] != labels[i]]
         if not pos:
@@ -72,14 +117,28 @@ MANUAL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("self_positive", [True, False])
 @pytest.mark.parametrize("labels, top_k, tau", MANUAL_CASES)
-def test_matches_manual_formula(labels, top_k, tau):
+def test_matches_manual_formula(labels, top_k, tau, self_positive):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(5, 3)).astype(np.float64)
     f = torch.tensor(feats.T, dtype=torch.float32).reshape(1, 3, 1, 1, 5)  # (B, E, d, h, w)
     lab = torch.tensor(labels).reshape(1, 1, 1, 5)
-    loss = CCLLoss(n_anchors=5, top_k=top_k, temperature=tau)(f, lab, lab > 0)
-    assert abs(loss.item() - _manual_ccl(feats, np.array(labels), tau, top_k)) < 1e-5
+    loss = CCLLoss(n_anchors=5, top_k=top_k, temperature=tau, self_positive=self_positive)(f, lab, lab > 0)
+    assert abs(loss.item() - _manual_ccl(feats, np.array(labels), tau, top_k, self_positive)) < 1e-5
+
+
+def test_self_positive_by_hand():
+    """Two features of two clusters, cosine 0.6, τ = 0.5: no anchor has another positive. With itself as a
+    positive each anchor's loss is -log(e^(1/τ) / (e^(1/τ) + e^(0.6/τ))) = log(1 + e^-0.8) and pushes the other
+    away; without, nothing contributes."""
+    f = torch.tensor([[1.0, 0.6], [0.0, 0.8]]).reshape(1, 2, 1, 1, 2).requires_grad_()
+    lab = torch.tensor([1, 2]).reshape(1, 1, 1, 2)
+    loss = CCLLoss(n_anchors=2, top_k=5, temperature=0.5)(f, lab, lab > 0)
+    assert loss.item() == pytest.approx(np.log1p(np.exp(-0.8)), abs=1e-6)
+    loss.backward()
+    assert f.grad.abs().sum() > 0
+    assert CCLLoss(n_anchors=2, top_k=5, temperature=0.5, self_positive=False)(f, lab, lab > 0).item() == 0.0
 
 
 def _clustered(b=2, k=4, size=(4, 4, 4), f=2, seed=0):
@@ -94,7 +153,7 @@ def _clustered(b=2, k=4, size=(4, 4, 4), f=2, seed=0):
 
 def test_clustered_features_beat_random():
     feats, lab, mask = _clustered()
-    loss = CCLLoss(n_anchors=20, top_k=30)
+    loss = CCLLoss(n_anchors=20, top_k=30, centred=False)  # features stand for the blocks [f*i, f*i + f)
     good = loss(feats, lab, mask, torch.Generator().manual_seed(0)).item()
     rand = loss(torch.randn(feats.shape, generator=torch.Generator().manual_seed(1)), lab, mask,
                 torch.Generator().manual_seed(0)).item()
@@ -112,7 +171,7 @@ def test_permuting_cluster_ids_changes_nothing():
     feats = torch.randn(2, 8, 4, 4, 4, generator=torch.Generator().manual_seed(3))
     _, lab, mask = _clustered(k=5)
     perm = torch.tensor([0, 4, 1, 5, 3, 2])  # 0 stays background
-    loss = CCLLoss(n_anchors=10, top_k=20)
+    loss = CCLLoss(n_anchors=10, top_k=20, centred=False)  # block votes without ties (ties go to the smallest id)
     a = loss(feats, lab, mask, torch.Generator().manual_seed(7))
     b = loss(feats, perm[lab] * 10, mask, torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b)
@@ -125,7 +184,7 @@ def test_fewer_foreground_than_anchors_uses_all():
     exact = CCLLoss(n_anchors=4, top_k=10)(feats, lab, lab > 0, torch.Generator().manual_seed(5))
     assert torch.isfinite(many) and many.item() > 0
     torch.testing.assert_close(many, exact)
-    ref = _manual_ccl(feats[0, :, 0, 0, :4].double().numpy().T, np.array([1, 2, 1, 2]), 0.1, 10)
+    ref = _manual_ccl(feats[0, :, 0, 0, :4].double().numpy().T, np.array([1, 2, 1, 2]), 0.1, 10, True)
     assert abs(many.item() - ref) < 1e-5
 
 
@@ -141,7 +200,7 @@ NOTHING_CASES = [
 def test_nothing_contributes_gives_zero_with_grad(labels, why):
     feats = torch.randn(2, 4, 1, 1, 8).requires_grad_()
     lab = torch.tensor(labels).reshape(2, 1, 1, 8)
-    loss = CCLLoss(n_anchors=8, top_k=8)(feats, lab, lab > 0)
+    loss = CCLLoss(n_anchors=8, top_k=8, self_positive=False)(feats, lab, lab > 0)
     assert loss.item() == 0.0 and loss.grad_fn is not None, why
     loss.backward()
     assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() == 0
