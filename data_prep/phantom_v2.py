@@ -18,7 +18,11 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
    +-10-20 %), times a small per-contrast part (+-1-3 %: different coil loading and calibration per
    sequence). A shared field is what a real array coil gives; v1's independent fields were a
    nuisance no model could learn.
-6. **Noise**: Rician, 1.5-3.5 % of the mean signal per contrast; int16, 0 outside the brain.
+6. **Acquisition resolution**: many clinical T2w, FLAIR and pre-contrast T1w are 2D multi-slice scans
+   with 3-6 mm slices (T1Gd mostly 3D, 1 mm), resampled to the 1 mm atlas grid: each contrast of a
+   subject is, with a per-contrast probability, blurred across its slices (Gaussian, FWHM the slice
+   thickness; axial mostly, else sagittal or coronal), so fine detail differs between contrasts.
+7. **Noise**: Rician, 1.5-3.5 % of the mean signal per contrast; int16, 0 outside the brain.
 
 Each part draws from its own child of the subject's seed, so switching one off leaves the others'
 draws (and the anatomy) unchanged.
@@ -48,6 +52,7 @@ class Parts:
 
     receive: bool = True
     texture: bool = True
+    slices: bool = True
     protocol: bool = True
     noise: bool = True
     prevalence: dict = field(default_factory=lambda: dict(PREVALENCE))
@@ -89,13 +94,37 @@ def texture(rng: np.random.Generator, brain) -> tuple[np.ndarray, float, float]:
     return f.astype(np.float32), float(rng.uniform(0.02, 0.04)), float(rng.uniform(0.10, 0.15))
 
 
+#: probability that a contrast is a 3D (thin, isotropic) acquisition; else 2D with 3-6 mm slices
+THIN_3D: dict[str, float] = {"t1w": 0.4, "t1gd": 0.8, "t2w": 0.1, "flair": 0.3}
+
+
+def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray) -> dict:
+    """Blur ``clean (4, V)`` in place across the slices of the 2D contrasts; return ``{contrast: (axis, mm)}``."""
+    from scipy.ndimage import gaussian_filter1d
+
+    spacing = float(brain.affine[0, 0])
+    (x0, x1), (y0, y1), (z0, z1) = brain.box
+    local = tuple(brain.vox - np.array([x0, y0, z0])[:, None])
+    done = {}
+    for c, contrast in enumerate(CONTRASTS):
+        thin, axis, mm = rng.uniform() < THIN_3D[contrast], int(rng.choice([2, 2, 2, 0, 1])), rng.uniform(3.0, 6.0)
+        sigma = np.sqrt(max(mm * mm - spacing * spacing, 0.0)) / 2.355 / spacing  # FWHM less the grid's voxel
+        if thin or sigma < 0.3:
+            continue
+        vol = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=np.float32)
+        vol[local] = clean[c]
+        clean[c] = gaussian_filter1d(vol, sigma, axis=axis, mode="constant")[local]
+        done[contrast] = ("xyz"[axis], round(float(mm), 2))
+    return done
+
+
 def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool = False,
                  parts: Parts | None = None) -> dict:
     """One version-2 subject; the layout of :func:`data_prep.phantom.make_subject`'s result, plus ``info``
     (protocol, lesion kinds placed) and, with ``return_tissue``, v2's compartments in ``tissue``."""
     parts = parts or Parts()
     ss = np.random.SeedSequence(int(seed))
-    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss = ss.spawn(7)
+    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss = ss.spawn(8)
     rng = np.random.default_rng(anatomy)
     brain = warped_brain(rng, spacing)
     lesion = grow_lesion(rng, brain.out_mm, brain.tpl_mm, brain.wm, spacing)
@@ -130,6 +159,7 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
         clean[:, idx] += frac[name][idx] * signals(t.pd, t1, t2, t.gd, protocol)
     if parts.receive:
         clean *= receive_field(np.random.default_rng(receive_ss), brain)
+    slices = slice_blur(np.random.default_rng(slices_ss), brain, clean) if parts.slices else {}
 
     nrng = np.random.default_rng(noise_ss)
     gain = (GAIN * nrng.uniform(0.9, 1.1, len(CONTRASTS))).astype(np.float32)[:, None]
@@ -145,11 +175,11 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     images = {contrast: brain.to_grid(values[c]) for c, contrast in enumerate(CONTRASTS)}
     out = {"sid": sid, "images": images, "seg": brain.to_grid(labels(frac)),
            "mask": brain.to_grid(np.ones(v, dtype=bool)), "affine": brain.affine,
-           "info": {"protocol": protocol, "kinds": placed}}
+           "info": {"protocol": protocol, "kinds": placed, "slices": slices}}
     if return_tissue:
         out["tissue"] = {name: brain.to_grid(frac[name]) for name in TISSUES_V2}
         out["clean"] = {contrast: brain.to_grid(clean[c] * gain[c]) for c, contrast in enumerate(CONTRASTS)}
     return out
 
 
-__all__ = ["TISSUES_V2", "Parts", "receive_field", "texture", "make_subject"]
+__all__ = ["TISSUES_V2", "THIN_3D", "Parts", "receive_field", "texture", "slice_blur", "make_subject"]

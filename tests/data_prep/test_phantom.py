@@ -254,10 +254,12 @@ ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
 
 @pytest.fixture(scope="module")
 def kinds_subjects():
-    """Two 2 mm v2 subjects with every lesion kind present (protocol, texture, receive field and noise on)."""
+    """Two 2 mm v2 subjects with every lesion kind present (protocol, texture, receive field and noise on; thin
+    slices, so that the specks of calcification are not blurred into their surroundings)."""
     from data_prep.phantom_v2 import Parts
 
-    return [phantom.make_subject("x", s, spacing=2.0, return_tissue=True, version=2, parts=Parts.only(*ALL_KINDS))
+    return [phantom.make_subject("x", s, spacing=2.0, return_tissue=True, version=2,
+                                 parts=Parts.only(*ALL_KINDS, slices=False))
             for s in (SEED, SEED + 5)]
 
 
@@ -318,7 +320,7 @@ def test_v2_parts_switch_off_and_keep_the_rest():
     from data_prep.phantom_v2 import Parts
 
     plain = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
-                                 parts=Parts.only(receive=False, texture=False, noise=False))
+                                 parts=Parts.only(receive=False, texture=False, noise=False, slices=False))
     assert plain["info"]["kinds"] == {} and all(plain["tissue"][k].sum() == 0 for k in ALL_KINDS)
     for c in CONTRASTS:  # noise off: the image is the oracle's prediction
         np.testing.assert_allclose(plain["images"][c], np.clip(np.rint(plain["clean"][c]), 1, None) * plain["mask"],
@@ -326,7 +328,7 @@ def test_v2_parts_switch_off_and_keep_the_rest():
     wm = plain["tissue"]["wm"] > 0.99
     assert plain["images"]["t2w"][wm].std() / plain["images"]["t2w"][wm].mean() < 0.01  # homogeneous, no field
     textured = phantom.make_subject("x", SEED, spacing=4.0, version=2,
-                                    parts=Parts.only(receive=False, texture=True, noise=False))
+                                    parts=Parts.only(receive=False, texture=True, noise=False, slices=False))
     assert textured["images"]["t2w"][wm].std() / textured["images"]["t2w"][wm].mean() > 0.01
     np.testing.assert_array_equal(textured["seg"], plain["seg"])  # same anatomy and lesion
 
@@ -337,7 +339,7 @@ def test_v2_receive_field_is_shared_by_the_contrasts():
     from data_prep.phantom_v2 import Parts
 
     s = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
-                             parts=Parts.only(texture=False, noise=False))
+                             parts=Parts.only(texture=False, noise=False, slices=False))
     wm = s["tissue"]["wm"] > 0.99
     t1w, t1gd = (s["images"][c][wm].astype(float) for c in ("t1w", "t1gd"))
     assert t1w.max() / t1w.min() > 1.1
@@ -385,3 +387,22 @@ def test_cli_phantom_version_1(tmp_path):
     assert main(["phantom", "--out", str(tmp_path / "v1"), "--n", "1", "--spacing", "4", "--phantom-version", "1"]) == 0
     assert '"version": 1' in (tmp_path / "v1" / "phantom.json").read_text()
     assert main(["phantom", "--out", str(tmp_path / "v9"), "--n", "1", "--spacing", "4", "--phantom-version", "9"]) == 2
+
+
+def test_v2_slice_blur_only_in_the_2d_contrasts():
+    """A 2D contrast is smoother across its slices than with the slice part off; 3D contrasts are untouched."""
+    from data_prep.phantom_v2 import Parts
+
+    on = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(noise=False))
+    off = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(noise=False, slices=False))
+    assert on["info"]["slices"] and off["info"]["slices"] == {}
+    for c in CONTRASTS:
+        if c not in on["info"]["slices"]:
+            np.testing.assert_array_equal(on["images"][c], off["images"][c])
+            continue
+        axis = "xyz".index(on["info"]["slices"][c][0])
+        inside = on["mask"] & np.roll(on["mask"], 1, axis)
+
+        def step(img):
+            return np.abs(np.diff(img.astype(float), axis=axis, prepend=0))[inside].mean()
+        assert step(on["images"][c]) < step(off["images"][c]), c
