@@ -33,7 +33,9 @@ from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
 log = logging.getLogger(__name__)
 
-TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2}}
+# int8: the fp32 graph is parity-checked before it is quantized; the quantized one by its quality cost
+TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2},
+              "int8": {"rtol": 1e-3, "atol": 1e-4}}
 
 
 class ExportError(UserError, RuntimeError):
@@ -183,22 +185,33 @@ def _to_onnx(model, in_channels: int, stride: int, opset: int):
 
 
 def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, opset: int = 18,
-                parity_patch: int | None = None, seed: int = 0) -> dict:
+                parity_patch: int | None = None, seed: int = 0, quantize: str | None = None) -> dict:
     """Export ``source`` (run folder, checkpoint, or ``(model, model_cfg, extra_card)``) to ``out_path``.
 
     The graph takes ``image (B, Cin, X, Y, Z)`` float32, X/Y/Z any multiples of the stride, and
     returns ``synthesis (B, T, X, Y, Z)`` float32 in z-scored target units. ``parity_patch`` is the
     edge of the random parity batch (default: the card's training patch size).
 
-    Returns ``{"path", "bytes", "precision", "export_s", "parity": {what: max_abs_diff}, "card"}``.
-    Raises :class:`ExportError` (writing nothing) when the checker or parity fails.
+    ``quantize="int8"``: static QDQ int8 (:mod:`export.quantize`), calibrated on patches of the run's
+    store and written only when its quality cost on the store's test patches is within bounds.
+
+    Returns ``{"path", "bytes", "precision", "export_s", "parity": {what: max_abs_diff}, "card"}``
+    (and ``"quantization"``: the quality cost, with ``quantize``).
+    Raises :class:`ExportError` (writing nothing) when the checker, parity or the int8 quality bound fails.
     """
     import onnx
     import onnxruntime as ort
 
     out_path = Path(out_path)
     model, fields, store = _resolve(source)
-    precision = "fp16" if fp16 else "fp32"
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize!r}: only int8 is supported")
+    if quantize and fp16:
+        raise ExportError("--quantize int8 and --fp16 exclude each other: choose one")
+    if quantize and not store:
+        raise ExportError("--quantize int8 calibrates on the run's store, and this source has none: export a run "
+                          "whose store is reachable from this host")
+    precision = quantize or ("fp16" if fp16 else "fp32")
     card = ModelCard.new(**{**fields, "precision": precision, "opset": int(opset)})
     stride = card.stride
     p = int(parity_patch or max(card.patch_size))
@@ -231,8 +244,36 @@ def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, op
             real = _real_patch(store, card, p)
             if real is not None:
                 parity["real"] = _parity(session, model, real, tol, f"real patch of {store}")
+        quantization = _quantize(tmp, session, store, card) if quantize else None
         del session
     nbytes = out_path.stat().st_size
     log.info("wrote %s (%s, %.1f MB, export %.1f s)", out_path, precision, nbytes / 1e6, export_s)
-    return {"path": str(out_path), "bytes": nbytes, "precision": precision, "export_s": export_s,
-            "parity": parity, "card": card.to_dict()}
+    out = {"path": str(out_path), "bytes": nbytes, "precision": precision, "export_s": export_s,
+           "parity": parity, "card": card.to_dict()}
+    if quantization is not None:
+        out["quantization"] = quantization
+    return out
+
+
+def _quantize(tmp: Path, fp32_session, store: str, card: ModelCard) -> dict:
+    """Replace the fp32 model at ``tmp`` by its int8 variant, or raise :class:`ExportError` when its quality
+    cost on the store's test patches exceeds the bounds (the numbers are in the message either way)."""
+    import onnxruntime as ort
+
+    from . import quantize as q
+
+    calib = [x for x, _, _ in q.store_patches(store, card, ("finetune", "train"), n=8)]
+    test = q.store_patches(store, card, ("test", "val"), n=4, seed=1)
+    fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
+    os.replace(tmp, fp32)
+    try:
+        q.quantize_int8(fp32, tmp, calib)
+    finally:
+        fp32.unlink(missing_ok=True)
+    cost = q.quality_cost(fp32_session, ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]), test)
+    log.info("int8 quality cost: %s", cost)
+    if not cost["accepted"]:
+        raise ExportError(f"the int8 variant loses too much quality on the store's test patches ({cost}; bound: "
+                          f"<= {q.MAX_SSIM_LOSS} SSIM and <= {q.MAX_PSNR_LOSS} dB PSNR): nothing was written; "
+                          f"export fp32 (or --fp16) instead")
+    return cost

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -187,3 +188,28 @@ def test_failed_parity_writes_nothing(exported, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="parity failed.*Nothing was written"):
         export_onnx((other, cfg, {"patch_size": 16}), target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_is_written_only_within_the_quality_bound(exported, tmp_path, monkeypatch):
+    """--quantize int8: static QDQ calibrated on the store; the quality cost (masked SSIM, PSNR vs the targets)
+    is reported, and a variant past the bound is refused with the numbers and nothing written."""
+    from export import quantize as q
+
+    ckpt = Path(exported[1]["fp32"][1]["card"]["source_run"])  # run/ckpt name: rebuild the path below
+    ckpt = Path(exported[1]["fp32"][0]).parent / ckpt
+    monkeypatch.setattr(q, "MAX_SSIM_LOSS", 1.0)
+    monkeypatch.setattr(q, "MAX_PSNR_LOSS", 100.0)
+    path = tmp_path / "int8.onnx"
+    report = export_onnx(str(ckpt), path, quantize="int8")
+    cost = report["quantization"]
+    assert cost["accepted"] and cost["patches"] >= 1 and 0 < cost["ssim_int8"] <= 1
+    assert abs(cost["ssim_loss"] - (cost["ssim_fp32"] - cost["ssim_int8"])) < 1e-9
+    assert read_card(path).precision == "int8"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.run(["synthesis"], {"image": np.zeros((1, 2, 32, 32, 32), np.float32)})[0].shape == (1, 2, 32, 32, 32)
+    monkeypatch.setattr(q, "MAX_SSIM_LOSS", -1.0)
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(ExportError, match=r"int8 variant loses too much.*ssim_loss"):
+        export_onnx(str(ckpt), refused, quantize="int8")
+    assert not refused.exists() and not list(tmp_path.glob("*.tmp*"))
