@@ -152,9 +152,14 @@ class PatchConfig(FrozenConfig):
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = 2
     fg_fraction: float = 0.67  # share of patches centred on a foreground (brain) voxel; rest uniform
-    patches_per_volume: int = 4  # patches cut from one loaded region before moving on
+    # patches cut from one loaded region before moving to the next subject; 1 (the default) makes every batch
+    # hold patches of batch_size different subjects (docs/METHOD.md); > 1 reads less but correlates a batch
+    patches_per_volume: int = 1
     region_factor: float = 1.5  # region edge = patch edge x this (when patches_per_volume > 1), capped at the volume
-    augment: bool = True  # random flips (3 axes) + per-channel intensity scale/shift on inputs
+    # random flips of the 3 axes, the same for inputs, targets, mask and labels; no intensity change (a synthesis
+    # network maps intensities: jittering inputs only would teach the wrong invariance). Off by default: the
+    # authors pretrain without augmentation (docs/METHOD.md)
+    augment: bool = False
     num_workers: int = 1  # DataLoader workers per training process
     samples_per_epoch: int = 64
 

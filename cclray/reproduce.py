@@ -32,11 +32,12 @@ from data_prep.splits import PAPER_SPLITS
 log = logging.getLogger(__name__)
 
 PRESETS: dict[str, DemoConfig] = {
-    # 2 CPU cores, 1-2 h for 3 seeds (shared machine): 2 mm volumes, 32³ patches, 2000 pretrain steps and
-    # 600 finetune steps of batch 4. What was reduced is printed and written to the results. proj_stride 2
-    # keeps the paper's physical feature size (2 mm x 2 = 1 mm x 4 = 4 mm voxels of the constraint grid).
+    # 2 CPU cores, 2-3 h for 3 seeds (shared machine): 2 mm volumes, 32³ patches, 4000 pretrain steps and
+    # 600 finetune steps of batch 4 (4 subjects a batch, 512 anchors a patch: 8.2M anchor terms, docs/METHOD.md).
+    # What was reduced is printed and written to the results. proj_stride 2 keeps the paper's physical feature
+    # size (2 mm x 2 = 1 mm x 4 = 4 mm voxels of the constraint grid).
     "cpu": DemoConfig(n_subjects=105, spacing=2.0, splits=PAPER_SPLITS, widths=(16, 32, 64, 128), patch=32,
-                      proj_stride=2, batch=4, pretrain_epochs=100, finetune_epochs=30, steps_per_epoch=20, workers=1,
+                      proj_stride=2, batch=4, pretrain_epochs=200, finetune_epochs=30, steps_per_epoch=20, workers=1,
                       prep_workers=2),
     # the same with a tenth of the pretraining and a third of the finetuning: ~30 min for 3 seeds.
     "cpu-quick": DemoConfig(n_subjects=105, spacing=2.0, splits=PAPER_SPLITS, widths=(16, 32, 64, 128), patch=32,

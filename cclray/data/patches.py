@@ -171,18 +171,15 @@ class PatchDataset(torch.utils.data.IterableDataset):
 def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray | None, m: np.ndarray,
             k: np.ndarray | None):
     """Random flips of the 3 spatial axes, the same for input ``x`` ``(C, X, Y, Z)``, target ``y``
-    ``(T, X, Y, Z)``, mask ``m`` and constraint ``k`` ``(X, Y, Z)``; then per input channel an
-    intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1] inside the mask (background stays 0, as
-    the runtime sees it). Targets are never rescaled."""
+    ``(T, X, Y, Z)``, mask ``m`` and constraint ``k`` ``(X, Y, Z)``. Intensities are never changed: the network
+    maps input intensities to target intensities, and a change of the inputs alone would teach it to ignore
+    what it must map (docs/METHOD.md)."""
     for axis in range(3):
         if rng.random() < 0.5:
             x = np.flip(x, axis + 1)
             y = np.flip(y, axis + 1) if y is not None else None
             m = np.flip(m, axis)
             k = np.flip(k, axis) if k is not None else None
-    scale = rng.uniform(0.9, 1.1, size=(x.shape[0], 1, 1, 1)).astype(np.float32)
-    shift = rng.uniform(-0.1, 0.1, size=(x.shape[0], 1, 1, 1)).astype(np.float32)
-    x = np.where(m[None], x * scale + shift, x)
     return x, y, m, k
 
 
