@@ -123,7 +123,7 @@ def write_summary(rows: list[dict], best: dict | None, path: Path) -> Path:
         lines += ["## Best trial", "", f"`{best['trial_id']}`: {METRIC} = {_fmt(best['metric'])}; checkpoint "
                   f"`{best['checkpoint']}`", "", "| setting | best | reference |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(best[k])} | {_fmt(DEFAULT_POINT[k])} |" for k in POINT_KEYS]
-        lines += ["", f"Reference point (DESIGN §4 values): {METRIC} = "
+        lines += ["", f"Reference point (the stage configs' defaults): {METRIC} = "
                   + (_fmt(ref[0]["metric"]) if ref else "not run (or failed)")]
     else:
         lines += ["No trial finished with a metric: see the error column below."]

@@ -25,7 +25,7 @@ from tune.trial import METRIC, MODE
 
 log = logging.getLogger(__name__)
 
-DRIVER_CPU = 0.01  # a trial's driver (ray refuses 0; see DESIGN §8)
+DRIVER_CPU = 0.01  # a trial's driver (ray refuses 0)
 # Tune stages the driver of one pending trial per concurrent slot beside the running one (max pending trials =
 # max_concurrent_trials with a searcher): workers asking for all the rest never start (measured: 1.99 CPU of 2
 # for one worker waited forever, 2 x 0.99 ran).

@@ -20,7 +20,7 @@ from tune.trial import ensure_constraint
 # (cluster, config overrides, expected (max concurrent, resources per worker) or None = ConfigError)
 RESOURCE_CASES = [
     ({"CPU": 2}, {}, (1, {"CPU": 1.98})),  # this machine: one trial, its worker takes the rest
-    ({"CPU": 2}, {"workers_per_trial": 2}, (1, {"CPU": 0.99})),  # DESIGN §8's 2-worker probe
+    ({"CPU": 2}, {"workers_per_trial": 2}, (1, {"CPU": 0.99})),  # the 2-worker probe
     ({"CPU": 2}, {"max_concurrent": 2}, (2, {"CPU": 0.98})),
     ({"CPU": 16}, {"cpus_per_worker": 4}, (3, {"CPU": 4})),  # 3 x (4 + 2 x 0.01) <= 16
     ({"CPU": 16, "GPU": 4}, {"gpus_per_worker": 1}, (4, {"CPU": 3.98, "GPU": 1})),
