@@ -33,9 +33,8 @@ from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
 
 log = logging.getLogger(__name__)
 
-# int8: the fp32 graph is parity-checked before it is quantized; the quantized one by its quality cost
-TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2},
-              "int8": {"rtol": 1e-3, "atol": 1e-4}}
+# int8: the fp32 graph (fp32 card) is parity-checked before it is quantized; the quantized one by its quality cost
+TOLERANCES = {"fp32": {"rtol": 1e-3, "atol": 1e-4}, "fp16": {"rtol": 1e-2, "atol": 2e-2}}
 
 
 class ExportError(UserError, RuntimeError):
@@ -222,7 +221,8 @@ def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, op
     proto = _to_onnx(model, len(card.inputs), stride, opset)
     if fp16:
         proto = _fp16_weights(proto)
-    for k, v in card.metadata_props().items():
+    graph_card = card.replace(precision="fp32") if quantize else card  # quantize_int8 stamps int8
+    for k, v in graph_card.metadata_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.doc_string = f"cclray synthesizer {'+'.join(card.inputs)} -> {'+'.join(card.targets)}"
@@ -235,7 +235,7 @@ def export_onnx(source: Any, out_path: str | os.PathLike, fp16: bool = False, op
     with atomic_path(out_path, suffix=".tmp.onnx") as tmp:  # renamed onto out_path only if parity holds
         onnx.save_model(proto, str(tmp))
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        tol = TOLERANCES[precision]
+        tol = TOLERANCES[graph_card.precision]
         rng = np.random.default_rng(seed)
         # non-cubic on purpose: exercises the dynamic spatial dims
         x = rng.standard_normal((2, len(card.inputs), p, p, p + stride)).astype(np.float32)

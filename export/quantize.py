@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from .card import INPUT_NAME, OUTPUT_NAME, CardError, ModelCard, card_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,22 @@ class _Reader:
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: list[np.ndarray]) -> None:
     """Write the static-QDQ int8 model of ``fp32_path`` to ``out_path``, calibrated on ``calibration``
-    batches ``(1, Cin, p, p, p)``; the fp32 model's metadata (its card) is kept."""
+    batches ``(1, Cin, p, p, p)``. The fp32 model's metadata is kept, its card with ``precision: int8``
+    (whichever entry point calls this); a model whose card is not fp32 is refused (:class:`CardError`)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    src = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    card = card_from_metadata(src, str(fp32_path))
+    if card.precision != "fp32":
+        raise CardError(f"{fp32_path} is a {card.precision} model: int8 quantization starts from the fp32 "
+                        f"export (`cclray export` without --fp16)")
+    src.update(card.replace(precision="int8").metadata_props())
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(calibration)
     quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=["Conv"])
     q = onnx.load(str(out_path))
-    src = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
     del q.metadata_props[:]
     for k, v in src.items():
         entry = q.metadata_props.add()

@@ -213,3 +213,23 @@ def test_int8_is_written_only_within_the_quality_bound(exported, tmp_path, monke
     with pytest.raises(ExportError, match=r"int8 variant loses too much.*ssim_loss"):
         export_onnx(str(ckpt), refused, quantize="int8")
     assert not refused.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_quantize_int8_called_alone_stamps_the_int8_card(exported, tmp_path):
+    """export.quantize.quantize_int8 outside `cclray export`: the card of the file it writes says int8 (every
+    other field as the fp32 card's); an fp16 file is refused, naming the fp32 export as the fix."""
+    from export.quantize import quantize_int8
+
+    fp32_path, report = exported[1]["fp32"]
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 2, 32, 32, 32)).astype(np.float32) for _ in range(2)]
+    out = tmp_path / "int8.onnx"
+    quantize_int8(fp32_path, out, calib)
+    card = read_card(out)
+    assert card.precision == "int8"
+    assert {**card.to_dict(), "precision": "fp32"} == report["card"]
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta[CARD_KEY])["precision"] == "int8" and meta["cclray.inputs"] == ",".join(card.inputs)
+    with pytest.raises(CardError, match=r"fp16 model.*without --fp16"):
+        quantize_int8(exported[1]["fp16"][0], tmp_path / "bad.onnx", calib)
+    assert not (tmp_path / "bad.onnx").exists()
