@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "tune": "Ray Tune search over constraint and loss settings",
     "demo": "the end-to-end demo on the phantom cohort",
     "reproduce": "the paper's table: floor, scratch, CCL, ceiling over seeds on a phantom cohort, with CIs",
+    "study": "does CCL pretraining help? every arm at finetune sizes n over seeds/folds, phantom or --src, with CIs",
 }
 
 
@@ -52,7 +53,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 # commands whose --out is a local path (the others also take s3:// and other fsspec URLs)
-LOCAL_OUT = ("phantom", "regressor", "evaluate", "export", "tune", "demo", "reproduce")
+LOCAL_OUT = ("phantom", "regressor", "evaluate", "export", "tune", "demo", "reproduce", "study")
 
 
 def check_out(command: str, out) -> str | None:

@@ -1,0 +1,224 @@
+"""Run the study (:mod:`cclray.study_plan`): cohort → store(s) → every job → per-n tables and the figure.
+
+``run_study(out, cfg)`` makes (or reuses) the cohort: a phantom (``src=None``) or the user's BraTS folder
+(``src``), prepared at ``cfg.spacing``, with an inputs-only constraint map when the CCL-inputs arm is asked
+for; ``test_src``: a held-out BraTS folder on which every fold's models are evaluated (all its subjects).
+Then each job runs once: a job's folder holds ``DONE.json`` when it finished, so a rerun after an
+interruption continues (an unfinished training run resumes from its latest checkpoint).
+
+Backends: ``ray`` trains every job as a Ray Train ``TorchTrainer`` (:func:`cclray.train.fit`), one after the
+other; ``local`` trains in this machine's processes without Ray (world size 1, :class:`~cclray.engine.
+LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is there) — the small nets of
+the CPU presets leave most of a GPU idle, so several jobs share one.
+
+Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
+primary endpoint first), ``results.json``, ``study.png`` (primary endpoint vs n, CI bands) and, per
+(fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from cclray.study_plan import INPUTS_CONSTRAINT, PRESETS, Job, StudyConfig, plan, study_splits
+
+log = logging.getLogger(__name__)
+DONE = "DONE.json"
+
+
+# ------------------------------------------------------------------------------------------------ cohort
+def prepare_store(out: Path, cfg: StudyConfig, src: str | None, name: str = "store.zarr",
+                  say: Callable[[str], None] = print, workers: int = 2) -> str:
+    """The study's store in ``out/name`` (made once): the phantom cohort, or ``src`` prepared at ``cfg.spacing``."""
+    from data_prep.prep import PrepConfig, run_prep
+
+    store = out / name
+    if (store / DONE).exists():
+        return str(store)
+    if src is None:
+        from data_prep.phantom import write_cohort
+
+        nifti = out / "phantom"
+        say(f"phantom v{cfg.phantom_version}: {cfg.n_subjects} subjects at {cfg.spacing:g} mm -> {nifti}")
+        write_cohort(nifti, cfg.n_subjects, seed=0, spacing=cfg.spacing, workers=workers,
+                     version=cfg.phantom_version)
+        src, spacing = str(nifti), None
+    else:
+        spacing = cfg.spacing
+    say(f"prep {src} -> {store} ({'source grid' if spacing is None else f'{spacing:g} mm'})")
+    n = sum(1 for p in Path(src).iterdir() if p.is_dir() and not p.name.startswith("."))
+    report = run_prep(src, str(store), PrepConfig(splits={"all": max(1, n)}, spacing=spacing), workers=workers)
+    say(f"  {report.summary()}")
+    if not report.subjects:
+        from data_prep.errors import UserError
+
+        raise UserError(f"{src}: no subject could be prepared ({len(report.failed)} failed); see {store}")
+    (store / DONE).write_text(json.dumps({"subjects": len(report.subjects)}))
+    return str(store)
+
+
+def write_study_splits(store: str, cfg: StudyConfig, test_store: str | None) -> dict[str, list[str]]:
+    """Write the study's splits into ``store`` (and ``s.test`` = every subject into ``test_store``)."""
+    from data_prep.store import Store
+
+    s = Store(store, mode="r+")
+    splits = study_splits(s.subjects(), cfg)
+    s.update_attrs(splits={**(s.attrs.get("splits") or {}), **splits})
+    if test_store:
+        t = Store(test_store, mode="r+")
+        t.update_attrs(splits={**(t.attrs.get("splits") or {}), "s.test": t.subjects()})
+    return splits
+
+
+def add_inputs_constraint(store: str, workers: int = 2) -> str:
+    from data_prep.constraint import ConstraintSpec, add_constraint
+
+    return add_constraint(store, ConstraintSpec.from_dict(INPUTS_CONSTRAINT), workers=workers)
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", threads: int = 1) -> str:
+    """Run one job into ``root/job.path`` (resuming a started training run); write ``DONE.json``."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    folder = Path(root) / job.path
+    t0 = time.perf_counter()
+    spec = dict(job.spec)
+    if "init" in spec:
+        spec["init"] = str(Path(root) / spec["init"])  # an absolute path (CCL-external) stays as it is
+    if job.kind in ("pretrain", "finetune"):
+        _train(job.kind, spec, folder, backend, device)
+    elif job.kind == "regressor":
+        from cclray.evaluation.regressor import RegressorSpec, fit_regressor
+
+        reg, info = fit_regressor(spec["store"], RegressorSpec(split=spec["split"], seed=spec["seed"]))
+        reg.save(folder, {"store": spec["store"], **info})
+    elif job.kind == "evaluate":
+        from cclray.evaluation import evaluate_run_dirs
+
+        evaluate_run_dirs(spec["store"], [str(Path(root) / r) for r in spec["runs"]], labels=spec["labels"],
+                          split=spec["split"], out_dir=folder, device=device)
+    else:
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    (folder / DONE).write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind}))
+    return job.path
+
+
+def _train(stage: str, spec: dict, folder: Path, backend: str, device: str) -> None:
+    from cclray.runs import latest_intact_checkpoint
+
+    started = folder.exists() and latest_intact_checkpoint(folder) is not None
+    if backend == "ray":
+        from cclray.train import fit
+
+        fit(stage, spec, folder, resume=started)
+        return
+    from cclray.config import stage_config
+    from cclray.engine import LocalContext
+    from cclray.runs import write_run_config
+
+    cfg = stage_config(stage, {**spec, "num_workers": 1, "use_gpu": device.startswith("cuda")})
+    write_run_config(folder, stage, cfg)
+    ctx = LocalContext(folder, device=device, resume_from=str(folder) if started else None)
+    if stage == "pretrain":
+        from cclray.engine_pretrain import run_pretrain as run
+    else:
+        from cclray.engine_finetune import run_finetune as run
+    run(cfg, ctx)
+
+
+def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = "cpu", parallel: int = 1,
+             say: Callable[[str], None] = print) -> None:
+    """Run every unfinished job, each once its dependencies are done; ``parallel`` at a time (local backend)."""
+    done = {j.path for j in jobs if (root / j.path / DONE).exists()}
+
+    def ready(j: Job) -> bool:  # a dependency outside the study (CCL-external) is ready once it has DONE.json
+        return all(d in done or (Path(d).is_absolute() and (Path(d) / DONE).exists()) for d in j.deps)
+
+    todo = [j for j in jobs if j.path not in done]
+    say(f"{len(jobs)} jobs, {len(done)} already done, {len(todo)} to run ({backend} backend, {device}, "
+        f"{parallel} at a time)")
+    threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
+    if backend == "ray" or parallel <= 1:
+        for i, j in enumerate(todo, 1):
+            if not ready(j):
+                from data_prep.errors import UserError
+
+                raise UserError(f"{j.path} needs {list(j.deps)}, which is not finished (no {DONE})")
+            t0 = time.perf_counter()
+            run_job(j, str(root), backend, device, threads if backend == "local" else 1)
+            done.add(j.path)
+            say(f"[{i}/{len(todo)}] {j.kind} {j.path}: {time.perf_counter() - t0:.0f} s")
+        return
+    running: dict = {}
+    finished = 0
+    with ProcessPoolExecutor(parallel, mp_context=get_context("spawn")) as pool:
+        while todo or running:
+            for j in [j for j in todo if ready(j)][:max(0, parallel - len(running))]:
+                todo.remove(j)
+                running[pool.submit(run_job, j, str(root), backend, device, threads)] = (j, time.perf_counter())
+            if not running:  # only jobs waiting for an outside run (another study still pretraining)
+                log.warning("waiting for %s", sorted({d for j in todo for d in j.deps if d not in done})[:3])
+                time.sleep(10)
+                continue
+            fin, _ = wait(list(running), timeout=10, return_when=FIRST_COMPLETED)
+            for fut in fin:
+                j, t0 = running.pop(fut)
+                fut.result()  # a failed job stops the study (its folder is kept; a rerun resumes)
+                done.add(j.path)
+                finished += 1
+                say(f"[{finished}/{finished + len(todo) + len(running)}] {j.kind} {j.path}: "
+                    f"{time.perf_counter() - t0:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------------ study
+def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,
+              test_src: str | None = None, backend: str = "ray", device: str = "cpu", parallel: int = 1,
+              dry_run: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Run (or continue) the study into ``out``; returns the aggregated results (see the module docstring)."""
+    from cclray.study_report import write_report
+
+    cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
+    out = Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    recorded = out / "study_config.json"
+    wanted = {"config": cfg.to_dict(), "src": src, "test_src": test_src}
+    if recorded.exists() and json.loads(recorded.read_text()) != json.loads(json.dumps(wanted)):
+        from data_prep.errors import UserError
+
+        raise UserError(f"{out} holds a study with other settings ({recorded}): use another --out, or "
+                        f"delete the folder to start again")
+    store = str(out / "store.zarr")
+    inputs_constraint = "(inputs-only map)" if "CCL-inputs" in cfg.arms else ""
+    jobs = plan(cfg, store, str(out / "test_store.zarr") if test_src else None, inputs_constraint)
+    counts = {k: sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "regressor", "evaluate")}
+    say(f"study: {cfg.folds} fold(s) x seeds {list(cfg.seeds)} x n {list(cfg.finetune_sizes)}; arms "
+        f"{list(cfg.arms)}; {cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}, "
+        f"pretrain {cfg.pretrain_steps} / finetune {cfg.finetune_steps} steps; jobs {counts}")
+    if dry_run:
+        for j in jobs:
+            say(f"  {j.kind:9s} {j.path}" + (f"  <- {', '.join(j.deps)}" if j.deps else ""))
+        return {"jobs": [j.path for j in jobs]}
+    recorded.write_text(json.dumps(wanted, indent=2))
+    t0 = time.perf_counter()
+    cpus = max(1, min(16, os.cpu_count() or 1))
+    prepare_store(out, cfg, src, say=say, workers=cpus)
+    test_store = prepare_store(out, cfg, test_src, "test_store.zarr", say=say, workers=cpus) if test_src else None
+    write_study_splits(store, cfg, test_store)
+    if inputs_constraint:
+        say("constraint map of the inputs only (T1Gd + FLAIR) for the CCL-inputs arm ...")
+        inputs_constraint = add_inputs_constraint(store, workers=cpus)
+        jobs = plan(cfg, store, test_store, inputs_constraint)
+    run_jobs(jobs, out, backend, device, parallel, say)
+    result = write_report(out, cfg, jobs)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    say("\n" + (out / "table.md").read_text())
+    return result

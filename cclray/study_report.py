@@ -1,0 +1,98 @@
+"""The study's tables and figure from its evaluation folders (:mod:`cclray.study`).
+
+Per finetune size n, the rows of every (fold, seed) evaluation are pooled by seed (folds test disjoint
+subjects), and :func:`cclray.reproduce.aggregate` gives each arm's mean over test subjects (seeds averaged
+per subject first) with a BCa bootstrap 95 % CI, and every arm's paired difference to Baseline with its CI
+and Wilcoxon p. The primary endpoint (T1w SSIM, ``masked``, brain) comes first; tumour and BraSyn-style
+views follow as secondary.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cclray.study_plan import ARMS, Job, StudyConfig
+
+VIEWS = (("masked", "brain"), ("masked", "tumor"), ("brasyn", "brain"))
+ARM_NOTES = {
+    "Regressor": "floor: voxelwise gradient-boosted trees on the inputs and their blurs, fitted on the same n subjects",
+    "Baseline": "finetuning from random weights",
+    "CCL": "finetuning from CCL pretraining (constraint map of all four contrasts, the paper)",
+    "CCL-inputs": "finetuning from CCL pretraining with a constraint map of T1Gd + FLAIR only",
+    "Baseline-matched": "from random weights with pretraining + finetuning steps (compute-matched)",
+    "Supervised-all": "ceiling: from random weights on the pretrain + finetune subjects' real targets",
+    "CCL-external": "finetuning from a CCL pretraining made elsewhere (--external-pretrain, e.g. on the phantom)",
+}
+
+
+def collect(out: Path, jobs: list[Job]) -> dict[int, dict[int, list[dict]]]:
+    """``{n: {seed: metrics.csv rows of every fold}}`` of the finished evaluations."""
+    from cclray.evaluation.report import read_metrics_csv
+
+    rows: dict[int, dict[int, list[dict]]] = {}
+    for j in jobs:
+        if j.kind != "evaluate":
+            continue
+        csv = out / j.path / "metrics.csv"
+        if not csv.exists():
+            continue
+        parts = Path(j.path).parts  # f<fold>/seed<seed>/n<n>/evaluation
+        seed, n = int(parts[1][4:]), int(parts[2][1:])
+        rows.setdefault(n, {}).setdefault(seed, []).extend(read_metrics_csv(csv))
+    return rows
+
+
+def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
+    """Write ``table.md`` and ``study.png``; return ``{"by_n": {n: {view: aggregate}}}``."""
+    from cclray.reproduce import aggregate, render_table
+
+    rows = collect(out, jobs)
+    by_n = {n: {f"{m}/{r}": aggregate(rows[n], m, r) for m, r in VIEWS
+                if any(x["method"] == m and x["region"] == r for s in rows[n].values() for x in s)}
+            for n in sorted(rows)}
+    lines = ["# Study: CCL pretraining vs training from scratch", "",
+             "Primary endpoint (declared before the runs): T1w SSIM, method `masked`, whole brain, test subjects. "
+             "Everything else is secondary.", "",
+             f"Design: {cfg.folds} fold(s), seeds {list(cfg.seeds)}, finetune sizes n = {list(cfg.finetune_sizes)}; "
+             f"{cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}; "
+             f"pretraining {cfg.pretrain_steps} steps, finetuning {cfg.finetune_steps} steps.", ""]
+    for n, views in by_n.items():
+        for key, view in views.items():
+            label = "primary" if key == "masked/brain" else "secondary"
+            lines += [f"## n = {n} finetune subjects — {key} ({label})", "", render_table(view), ""]
+    lines += ["Arms:", *[f"- {a}: {ARM_NOTES[a]}" for a in ARMS if a in cfg.arms]]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    if by_n:
+        draw_study(out / "study.png", {n: v["masked/brain"] for n, v in by_n.items() if "masked/brain" in v})
+    return {"primary": "masked/brain", "by_n": by_n}
+
+
+def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
+    """Primary endpoint vs n: each arm's mean with its 95 % CI band (left); CCL − Baseline and the other
+    arms' paired differences with their CIs (right)."""
+    from data_prep.figures import new_figure, save_png
+
+    fig = new_figure((11, 4.2))
+    ax, dx = fig.subplots(1, 2)
+    ns = sorted(primary_by_n)
+    arms = [a for a in ARMS if any(a in primary_by_n[n]["table"] for n in ns)]
+    for arm in arms:
+        pts = [(n, primary_by_n[n]["table"][arm]["t1w"]["ssim"]) for n in ns if arm in primary_by_n[n]["table"]]
+        x = [n for n, _ in pts]
+        ax.plot(x, [s["mean"] for _, s in pts], marker="o", label=arm)
+        ax.fill_between(x, [s["ci"][0] for _, s in pts], [s["ci"][1] for _, s in pts], alpha=0.15)
+        if arm == "Baseline":
+            continue
+        d = [(n, primary_by_n[n]["minus_baseline"][arm]["t1w"]["ssim"]) for n in ns
+             if arm in primary_by_n[n].get("minus_baseline", {})]
+        if d:
+            dx.errorbar([n for n, _ in d], [s["mean"] for _, s in d],
+                        yerr=[[s["mean"] - s["ci"][0] for _, s in d], [s["ci"][1] - s["mean"] for _, s in d]],
+                        marker="o", capsize=3, label=f"{arm} − Baseline")
+    dx.axhline(0, color="k", lw=0.8)
+    for a, title in ((ax, "T1w SSIM (masked, brain), mean [95 % CI]"),
+                     (dx, "paired difference to Baseline [95 % CI]")):
+        a.set_xlabel("finetune subjects n")
+        a.set_xticks(ns)
+        a.set_title(title, fontsize=10)
+        a.legend(fontsize=7)
+    return save_png(fig, path)
