@@ -22,7 +22,12 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
    with 3-6 mm slices (T1Gd mostly 3D, 1 mm), resampled to the 1 mm atlas grid: each contrast of a
    subject is, with a per-contrast probability, blurred across its slices (Gaussian, FWHM the slice
    thickness; axial mostly, else sagittal or coronal), so fine detail differs between contrasts.
-7. **Noise**: Rician, 1.5-3.5 % of the mean signal per contrast; int16, 0 outside the brain.
+7. **Noise**: Rician, per contrast a fraction of its mean signal drawn from :data:`NOISE` (int16, 0
+   outside the brain): 0.8-2 % for T1w and T1Gd, 1.5-3.5 % for T2w and FLAIR. T1-weighted scans have
+   the least tissue contrast (grey/white differ by ~10-20 %), so sites acquire them with more signal
+   per voxel (3D, or 2D with several averages: SNR grows with the square root of the samples), while
+   T2w and FLAIR contrasts are several times larger and are run faster at lower SNR. At 1.5-3.5 %
+   on T1w the noise alone cost a noise-free oracle 0.15 of brain SSIM (docs/PHANTOM.md).
 
 Each part draws from its own child of the subject's seed, so switching one off leaves the others'
 draws (and the anatomy) unchanged.
@@ -44,6 +49,9 @@ from .schema import CONTRASTS
 TISSUES_V2: tuple[str, ...] = (*TISSUES, *KINDS)
 NORMAL: tuple[str, ...] = ("wm", "gm", "csf")
 GAIN = 4000.0  # signal units -> int16
+#: Rician noise sd as a fraction of the contrast's mean signal: ``{contrast: (low, high)}``, uniform per subject.
+NOISE: dict[str, tuple[float, float]] = {"t1w": (0.008, 0.02), "t1gd": (0.008, 0.02),
+                                         "t2w": (0.015, 0.035), "flair": (0.015, 0.035)}
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray) -> dict:
 def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool = False,
                  parts: Parts | None = None) -> dict:
     """One version-2 subject; the layout of :func:`data_prep.phantom.make_subject`'s result, plus ``info``
-    (protocol, lesion kinds placed) and, with ``return_tissue``, v2's compartments in ``tissue``."""
+    (protocol, lesion kinds placed, slices, noise sd as a fraction of each contrast's mean) and, with ``return_tissue``, v2's compartments in ``tissue``."""
     parts = parts or Parts()
     ss = np.random.SeedSequence(int(seed))
     anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss = ss.spawn(8)
@@ -163,7 +171,9 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
 
     nrng = np.random.default_rng(noise_ss)
     gain = (GAIN * nrng.uniform(0.9, 1.1, len(CONTRASTS))).astype(np.float32)[:, None]
-    sigma = (nrng.uniform(0.015, 0.035, len(CONTRASTS)) * clean.mean(axis=1)).astype(np.float32)[:, None]
+    low, high = (np.array([NOISE[c][k] for c in CONTRASTS]) for k in (0, 1))
+    noise_frac = nrng.uniform(low, high)
+    sigma = (noise_frac * clean.mean(axis=1)).astype(np.float32)[:, None]
     if parts.noise:
         re = clean + sigma * nrng.standard_normal(clean.shape, dtype=np.float32)
         im = sigma * nrng.standard_normal(clean.shape, dtype=np.float32)
@@ -175,11 +185,12 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     images = {contrast: brain.to_grid(values[c]) for c, contrast in enumerate(CONTRASTS)}
     out = {"sid": sid, "images": images, "seg": brain.to_grid(labels(frac)),
            "mask": brain.to_grid(np.ones(v, dtype=bool)), "affine": brain.affine,
-           "info": {"protocol": protocol, "kinds": placed, "slices": slices}}
+           "info": {"protocol": protocol, "kinds": placed, "slices": slices,
+                    "noise": {c: round(float(f), 4) if parts.noise else 0.0 for c, f in zip(CONTRASTS, noise_frac)}}}
     if return_tissue:
         out["tissue"] = {name: brain.to_grid(frac[name]) for name in TISSUES_V2}
         out["clean"] = {contrast: brain.to_grid(clean[c] * gain[c]) for c, contrast in enumerate(CONTRASTS)}
     return out
 
 
-__all__ = ["TISSUES_V2", "THIN_3D", "Parts", "receive_field", "texture", "slice_blur", "make_subject"]
+__all__ = ["TISSUES_V2", "NOISE", "THIN_3D", "Parts", "receive_field", "texture", "slice_blur", "make_subject"]

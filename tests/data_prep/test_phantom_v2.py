@@ -1,0 +1,166 @@
+"""Version 2 of the phantom (the default): lesion kinds, protocol, texture, receive field, slices, noise."""
+import numpy as np
+import pytest
+
+from data_prep import phantom
+from data_prep.schema import CONTRASTS
+
+SEED = 123
+ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
+
+
+@pytest.fixture(scope="module")
+def kinds_subjects():
+    """Two 2 mm v2 subjects with every lesion kind present (protocol, texture, receive field and noise on; thin
+    slices, so that the specks of calcification are not blurred into their surroundings)."""
+    from data_prep.phantom_v2 import Parts
+
+    return [phantom.make_subject("x", s, spacing=2.0, return_tissue=True, version=2,
+                                 parts=Parts.only(*ALL_KINDS, slices=False))
+            for s in (SEED, SEED + 5)]
+
+
+def _pure(s, name, at=0.9, min_n=5):
+    m = s["tissue"][name] > at
+    assert m.sum() >= min_n, f"too few {name} voxels ({m.sum()})"
+    return m
+
+
+def _rel(s, contrast, name, ref="wm", min_n=5):
+    """Mean of the pure ``name`` voxels relative to pure ``ref`` in one contrast."""
+    img = s["images"][contrast]
+    return float(img[_pure(s, name, min_n=min_n)].mean() / img[_pure(s, ref)].mean())
+
+
+def test_v2_is_the_default_and_places_every_kind(kinds_subjects):
+    assert phantom.PHANTOM_VERSION == 2
+    for s in kinds_subjects:
+        assert set(s["info"]["kinds"]) == set(ALL_KINDS)
+        for name in (*ALL_KINDS, "haemosiderin") if s["info"]["kinds"]["haemorrhage"]["shape"] == "blob" \
+                else ALL_KINDS:
+            assert s["tissue"][name].sum() > 0, name
+        np.testing.assert_allclose(sum(s["tissue"].values())[s["mask"]], 1.0, atol=1e-5)
+        core_like = sum(s["tissue"][k] for k in ALL_KINDS) > 0.9
+        assert (s["seg"][core_like] == 1).all()  # every kind is tumour core (BraTS label 1)
+
+
+def test_v2_radiologist_checks(kinds_subjects):
+    """Haemorrhage bright on T1w and T1Gd; non-enhancing tumour FLAIR-bright but T1Gd-dark (unlike the
+    enhancing rim) and less T2-bright than edema; a cyst not nulled on FLAIR (unlike CSF); calcification dark."""
+    for s in kinds_subjects:
+        assert _rel(s, "t1w", "haemorrhage") > 1.2 and _rel(s, "t1gd", "haemorrhage") > 1.2
+        assert _rel(s, "t1w", "haemorrhage") > 1.2 * _rel(s, "t1w", "enhancing")  # T1w tells them apart
+        assert _rel(s, "flair", "nonenhancing") > 1.2
+        assert _rel(s, "t1gd", "nonenhancing") < 1.0 < _rel(s, "t1gd", "enhancing")
+        assert _rel(s, "t2w", "nonenhancing") < 0.9 * _rel(s, "t2w", "edema")
+        assert _rel(s, "flair", "cyst") > 0.8 and _rel(s, "flair", "cyst") > 4 * _rel(s, "flair", "csf")
+        assert _rel(s, "t2w", "cyst") > 2.0
+        for c in CONTRASTS:
+            assert _rel(s, c, "calcification", min_n=1) < 0.6, c  # specks: few pure voxels at 2 mm
+
+
+def test_v2_haemosiderin_rim_dark_on_t2w_and_flair():
+    from data_prep.phantom_v2 import Parts
+
+    for seed in range(40):  # the first subject with a blob (not a layer)
+        s = phantom.make_subject("x", seed, spacing=2.0, return_tissue=True, version=2,
+                                 parts=Parts.only("haemorrhage"))
+        if s["info"]["kinds"]["haemorrhage"]["shape"] == "blob":
+            break
+    rim = s["tissue"]["haemosiderin"] > 0.7
+    assert rim.sum() >= 5
+    for c in ("t2w", "flair"):
+        assert s["images"][c][rim].mean() < 0.6 * s["images"][c][_pure(s, "wm")].mean(), c
+
+
+def test_v2_parts_switch_off_and_keep_the_rest():
+    from data_prep.phantom_v2 import Parts
+
+    plain = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
+                                 parts=Parts.only(receive=False, texture=False, noise=False, slices=False))
+    assert plain["info"]["kinds"] == {} and all(plain["tissue"][k].sum() == 0 for k in ALL_KINDS)
+    for c in CONTRASTS:  # noise off: the image is the oracle's prediction
+        np.testing.assert_allclose(plain["images"][c], np.clip(np.rint(plain["clean"][c]), 1, None) * plain["mask"],
+                                   atol=1)
+    wm = plain["tissue"]["wm"] > 0.99
+    assert plain["images"]["t2w"][wm].std() / plain["images"]["t2w"][wm].mean() < 0.01  # homogeneous, no field
+    textured = phantom.make_subject("x", SEED, spacing=4.0, version=2,
+                                    parts=Parts.only(receive=False, texture=True, noise=False, slices=False))
+    assert textured["images"]["t2w"][wm].std() / textured["images"]["t2w"][wm].mean() > 0.01
+    np.testing.assert_array_equal(textured["seg"], plain["seg"])  # same anatomy and lesion
+
+
+def test_v2_receive_field_is_shared_by_the_contrasts():
+    """Without texture and noise, T1w varies over pure WM by the receive field (>= 10 %), but T1Gd / T1w
+    there only by the small per-contrast parts (<= 3 % each)."""
+    from data_prep.phantom_v2 import Parts
+
+    s = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
+                             parts=Parts.only(texture=False, noise=False, slices=False))
+    wm = s["tissue"]["wm"] > 0.99
+    t1w, t1gd = (s["images"][c][wm].astype(float) for c in ("t1w", "t1gd"))
+    assert t1w.max() / t1w.min() > 1.1
+    ratio = t1gd / t1w
+    assert ratio.max() / ratio.min() < 1.07
+
+
+def test_v2_protocol_varies_between_subjects():
+    from data_prep.phantom_protocol import PRESETS, REFERENCE_PROTOCOL, draw_protocol
+    from data_prep.phantom_v2 import Parts
+
+    protocols = [draw_protocol(np.random.default_rng(i)) for i in range(40)]
+    assert {p.field for p in protocols} == {1.5, 3.0} and {p.t1_kind for p in protocols} == {"se", "gre"}
+    assert len({round(p.t2_te) for p in protocols}) > 10
+    for p in protocols:
+        assert any(p.field == f and p.t1_kind == k for f, k, *_ in PRESETS.values())
+    off = phantom.make_subject("x", SEED, spacing=4.0, version=2, parts=Parts(protocol=False))
+    assert off["info"]["protocol"] == REFERENCE_PROTOCOL
+
+
+def test_v2_kinds_prevalence_and_count_vary():
+    """Over a cohort each kind is in some subjects and not in others (20-40 % each)."""
+    from data_prep.phantom_kinds import PREVALENCE
+
+    assert all(0.2 <= p <= 0.4 for p in PREVALENCE.values())
+    seen = [phantom.make_subject("x", phantom.subject_seed(0, i), spacing=4.0, version=2)["info"]["kinds"]
+            for i in range(12)]
+    for kind in PREVALENCE:
+        n = sum(kind in k for k in seen)
+        assert 0 < n < 12, (kind, n)
+
+
+def test_v2_slice_blur_only_in_the_2d_contrasts():
+    """A 2D contrast is smoother across its slices than with the slice part off; 3D contrasts are untouched."""
+    from data_prep.phantom_v2 import Parts
+
+    on = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(noise=False))
+    off = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(noise=False, slices=False))
+    assert on["info"]["slices"] and off["info"]["slices"] == {}
+    for c in CONTRASTS:
+        if c not in on["info"]["slices"]:
+            np.testing.assert_array_equal(on["images"][c], off["images"][c])
+            continue
+        axis = "xyz".index(on["info"]["slices"][c][0])
+        inside = on["mask"] & np.roll(on["mask"], 1, axis)
+
+        def step(img):
+            return np.abs(np.diff(img.astype(float), axis=axis, prepend=0))[inside].mean()
+        assert step(on["images"][c]) < step(off["images"][c]), c
+
+
+def test_v2_noise_is_lower_on_the_t1_weighted_contrasts():
+    """The Rician noise sd, relative to each contrast's mean, falls in that contrast's NOISE range: lower on
+    T1w / T1Gd (small tissue contrast, acquired at higher SNR) than on T2w / FLAIR."""
+    from data_prep.phantom_v2 import NOISE, Parts
+
+    assert max(NOISE["t1w"]) <= min(NOISE["t2w"]) + 0.005
+    for seed in (SEED, SEED + 1):
+        on = phantom.make_subject("x", seed, spacing=4.0, version=2)
+        off = phantom.make_subject("x", seed, spacing=4.0, version=2, parts=Parts(noise=False))
+        for c in CONTRASTS:
+            ref = off["images"][c].astype(float)
+            bright = ref > 0.5 * ref[on["mask"]].mean()  # Rician is ~Gaussian where the signal is well above sd
+            rel = (on["images"][c] - ref)[bright].std() / ref[on["mask"]].mean()
+            low, high = NOISE[c]
+            assert low <= on["info"]["noise"][c] <= high and off["info"]["noise"][c] == 0.0
+            assert rel == pytest.approx(on["info"]["noise"][c], rel=0.2), c
