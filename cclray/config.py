@@ -15,7 +15,7 @@ nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``los
     plateau_patience, min_lr, amp, cpu_bf16, channels_last, seed, checkpoint_every,
     keep_checkpoints, num_workers, use_gpu, cpus_per_worker
     constraint                         (pretrain) the store's constraint map
-    init, val_split, val_every, val_samples    (finetune)
+    init, val_split, val_every, val_samples, probe    (finetune)
 
 Each stage turns its plain dict (Ray's ``train_loop_config``, a checkpoint's JSON, a Tune trial) into
 one of these at once: an unknown key is an error naming the close match (``FrozenConfig``), not a silent
@@ -292,6 +292,8 @@ class FinetuneConfig(StageConfig):
     # fixed validation patches (same seed every time: comparable across epochs). They pick the plateau lr steps
     # and the "best" checkpoint, so not few: 8 patches were one or two subjects' noise (docs/EVALUATION.md)
     val_samples: int = 64
+    # a linear probe: the backbone frozen, a 1x1x1 head on its proj_stride features (models/heads.py Synthesizer)
+    probe: bool = False
 
     @property
     def stage(self) -> str:

@@ -90,7 +90,7 @@ def run_finetune(cfg: FinetuneConfig, ctx: TrainContext) -> dict:
     """Finetune ``Synthesizer(cfg.model)`` with ``SynthesisLoss(cfg.loss)`` on ``cfg.split``; returns
     the last epoch's metrics plus ``init`` (what was transferred, None from scratch)."""
     seed_everything(cfg.seed)  # same initial weights on every rank
-    model = build_synthesizer(cfg.model)
+    model = build_synthesizer(cfg.model, probe=cfg.probe)
     synth = SynthesisLoss(cfg.loss.l1_weight, cfg.loss.ssim_weight)
 
     def loss(net: nn.Module, batch: dict) -> torch.Tensor:

@@ -203,7 +203,7 @@ def load_synthesizer(run_or_ckpt: str | os.PathLike, device: str = "cpu", which:
     ckpt_dir = find_checkpoint(run_or_ckpt, which)
     ckpt = load_checkpoint(ckpt_dir, stage="finetune", map_location="cpu")
     cfg = FinetuneConfig.from_dict(checkpoint_config(ckpt))
-    model = build_synthesizer(cfg.model)
+    model = build_synthesizer(cfg.model, probe=cfg.probe)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     meta = {**read_meta(ckpt_dir), "checkpoint": str(ckpt_dir), "run": str(ckpt_dir.parent)}

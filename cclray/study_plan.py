@@ -14,6 +14,8 @@ Arms (labels as they appear in the tables):
   information in the map matter?
 - ``Baseline-matched`` — from scratch with ``pretrain_steps + finetune_steps`` steps (compute-matched);
 - ``Supervised-all`` — ceiling: from scratch on the pretrain + finetune subjects' real targets;
+- ``Probe-CCL`` / ``Probe-random`` — a linear probe: the backbone frozen (CCL-pretrained / random), only a
+  1x1x1 head on its ``proj_stride`` features trains (how much of T1w/T2w the features hold);
 - ``CCL-external`` — finetuning from a pretraining run made elsewhere (``external_pretrain``: e.g. another
   study's phantom pretraining, for a real cohort; ``{seed}`` in the path is replaced by the seed).
 
@@ -29,7 +31,8 @@ from dataclasses import dataclass, field
 from data_prep.config import FrozenConfig, require
 from data_prep.splits import PAPER_SPLITS, make_splits
 
-ARMS = ("Regressor", "Baseline", "CCL", "CCL-inputs", "Baseline-matched", "Supervised-all", "CCL-external")
+ARMS = ("Regressor", "Baseline", "CCL", "CCL-inputs", "Baseline-matched", "Supervised-all", "CCL-external",
+        "Probe-CCL", "Probe-random")
 INPUTS_CONSTRAINT = {"contrasts": ["t1gd", "flair"], "k": 20}  # ConstraintSpec of the CCL-inputs arm
 
 
@@ -62,6 +65,8 @@ class StudyConfig(FrozenConfig):
         unknown = [a for a in self.arms if a not in ARMS]
         require(not unknown, f"StudyConfig.arms: unknown {unknown}; use some of {list(ARMS)}")
         require("Baseline" in self.arms, "StudyConfig.arms must hold 'Baseline' (every difference is against it)")
+        require("Probe-CCL" not in self.arms or "CCL" in self.arms,
+                "StudyConfig.arms has 'Probe-CCL' but not 'CCL' (whose pretraining it probes): add 'CCL'")
         require("CCL-external" not in self.arms or bool(self.external_pretrain),
                 "StudyConfig.arms has 'CCL-external' but external_pretrain is empty: pass --external-pretrain RUN")
         fin = self.splits.get("finetune", 0)
@@ -88,7 +93,7 @@ PRESETS: dict[str, StudyConfig] = {
     # the phantom study: the paper's split (80/10/5/10) at 2 mm, n = 2, 5, 10, 3 seeds, every arm: 6
     # pretrainings of 3000 steps, 30 finetunings of 600 and 9 compute-matched of 3600 steps. Sized for one GPU
     # (`--local --parallel 10 --device cuda`: minutes on an H200); about a day on 2 CPU cores.
-    "phantom": StudyConfig(**_SMALL),
+    "phantom": StudyConfig(**_SMALL, arms=ARMS[:6] + ("Probe-CCL", "Probe-random")),
     # the same design with 1 seed, 400 pretraining and 200 finetuning steps: the CPU look (2 cores: ~1 h)
     "pilot": StudyConfig(**_SMALL, seeds=(0,), pretrain_steps=400, finetune_steps=200),
     # a small real cohort (15 BraTS cases): 3 folds of 5 test subjects (each tested once), pretrain 7,
@@ -207,6 +212,12 @@ def _size_jobs(cfg: StudyConfig, store: str, test_store: str | None, f: int, see
         if arm in arms:
             runs[arm] = f"{root}/n{n}/{arm.lower()}"
             jobs.append(Job("finetune", runs[arm], {**base, "init": pre_path}, (pre_path,)))
+    if "Probe-CCL" in arms:
+        runs["Probe-CCL"] = f"{root}/n{n}/probe_ccl"
+        jobs.append(Job("finetune", runs["Probe-CCL"], {**base, "init": pre["CCL"], "probe": True}, (pre["CCL"],)))
+    if "Probe-random" in arms:
+        runs["Probe-random"] = f"{root}/n{n}/probe_random"
+        jobs.append(Job("finetune", runs["Probe-random"], {**base, "probe": True}))
     if "Baseline-matched" in arms:
         runs["Baseline-matched"] = f"{root}/n{n}/scratch_matched"
         steps = cfg.pretrain_steps + cfg.finetune_steps

@@ -20,6 +20,8 @@ ARM_NOTES = {
     "CCL-inputs": "finetuning from CCL pretraining with a constraint map of T1Gd + FLAIR only",
     "Baseline-matched": "from random weights with pretraining + finetuning steps (compute-matched)",
     "Supervised-all": "ceiling: from random weights on the pretrain + finetune subjects' real targets",
+    "Probe-CCL": "linear probe: 1x1x1 head on the frozen CCL-pretrained features (proj_stride level, upsampled)",
+    "Probe-random": "linear probe: 1x1x1 head on frozen random features (same architecture)",
     "CCL-external": "finetuning from a CCL pretraining made elsewhere (--external-pretrain, e.g. on the phantom)",
 }
 

@@ -48,24 +48,34 @@ class CCLNet(nn.Module):
 
 
 class Synthesizer(nn.Module):
-    """Stage 2. x (B, C_in, D, H, W) -> (B, T, D, H, W), T = len(cfg.targets)."""
+    """Stage 2. x (B, C_in, D, H, W) -> (B, T, D, H, W), T = len(cfg.targets).
 
-    def __init__(self, cfg: ModelConfig):
+    ``probe=True``: a linear probe of the backbone — the backbone is frozen, and a 1x1x1 head reads its
+    features at ``cfg.proj_stride`` (the level CCL pretraining shapes) and is upsampled trilinearly to the
+    input grid; only the head trains. It measures how much of the targets the (pre)trained features hold.
+    """
+
+    def __init__(self, cfg: ModelConfig, probe: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.probe = cfg, probe
         self.backbone = EncoderDecoder(cfg)
-        self.synth_head = nn.Conv3d(cfg.widths[0], cfg.out_channels, 1)
+        self.synth_head = nn.Conv3d(cfg.width_at(cfg.proj_stride if probe else 1), cfg.out_channels, 1)
+        if probe:
+            self.backbone.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.synth_head(self.backbone(x, stop_stride=1))
+        if not self.probe:
+            return self.synth_head(self.backbone(x, stop_stride=1))
+        y = self.synth_head(self.backbone(x, stop_stride=self.cfg.proj_stride))
+        return F.interpolate(y, size=x.shape[2:], mode="trilinear", align_corners=False)
 
 
 def build_ccl_net(cfg: ModelConfig) -> CCLNet:
     return CCLNet(cfg)
 
 
-def build_synthesizer(cfg: ModelConfig) -> Synthesizer:
-    return Synthesizer(cfg)
+def build_synthesizer(cfg: ModelConfig, probe: bool = False) -> Synthesizer:
+    return Synthesizer(cfg, probe=probe)
 
 
 def _strip_prefix(key: str) -> str:

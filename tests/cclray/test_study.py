@@ -36,12 +36,15 @@ def test_plan_pairs_every_arm_with_its_pretraining_and_evaluates_after_all_of_th
     jobs = plan(cfg, "S", inputs_constraint="inputs_map")
     kinds = [j.kind for j in jobs]
     assert kinds.count("pretrain") == 6 and kinds.count("evaluate") == 9 and kinds.count("regressor") == 9
-    assert kinds.count("finetune") == 3 * (1 + 3 * 4)
+    assert kinds.count("finetune") == 3 * (1 + 3 * 6)
     by_path = {j.path: j for j in jobs}
     ccl = by_path["f0/seed1/n5/ccl"]
     assert ccl.spec["init"] == "f0/seed1/pretrain" and ccl.deps == ("f0/seed1/pretrain",)
     assert ccl.spec["split"] == "s.f0.finetune_n5" and ccl.spec["seed"] == 1
     assert by_path["f0/seed1/pretrain_inputs"].spec["constraint"] == "inputs_map"
+    probe = by_path["f0/seed0/n10/probe_ccl"]
+    assert probe.spec["probe"] is True and probe.spec["init"] == "f0/seed0/pretrain"
+    assert "init" not in by_path["f0/seed0/n10/probe_random"].spec
     assert by_path["f0/seed0/n2/scratch_matched"].spec["epochs"] * cfg.steps_per_epoch == 3600
     ev = by_path["f0/seed2/n10/evaluation"]
     assert ev.spec["labels"][:3] == ["Regressor", "Baseline", "CCL"] and set(ev.deps) == set(ev.spec["runs"])
@@ -58,6 +61,7 @@ def test_external_pretraining_is_a_dependency_per_seed():
 @pytest.mark.parametrize("over, words", [
     ({"arms": ("Baseline", "Magic")}, "unknown"),
     ({"arms": ("CCL",)}, "Baseline"),
+    ({"arms": ("Baseline", "Probe-CCL")}, "Probe-CCL"),
     ({"finetune_sizes": (20,)}, "finetune_sizes"),
     ({"arms": ("Baseline", "CCL-external")}, "external-pretrain"),
     ({"pretrain_steps": 7}, "multiple of steps_per_epoch"),
@@ -71,12 +75,12 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
     from cclray.study import DONE, run_study
     from data_prep.errors import UserError
 
-    cfg = PRESETS["smoke"].replace(finetune_sizes=(2,), arms=("Regressor", "Baseline", "CCL"))
+    cfg = PRESETS["smoke"].replace(finetune_sizes=(2,), arms=("Regressor", "Baseline", "CCL", "Probe-CCL"))
     said: list[str] = []
     result = run_study(tmp_path, cfg, backend="local", device="cpu", parallel=1, say=said.append)
     view = result["by_n"][2]["masked/brain"]
-    assert view["arms"] == ["Regressor", "Baseline", "CCL"] and view["n_test"] == 2
-    assert set(view["minus_baseline"]) == {"Regressor", "CCL"}
+    assert view["arms"] == ["Regressor", "Baseline", "CCL", "Probe-CCL"] and view["n_test"] == 2
+    assert set(view["minus_baseline"]) == {"Regressor", "CCL", "Probe-CCL"}
     assert (tmp_path / "study.png").stat().st_size > 5000
     assert "T1w SSIM" in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "f0/seed0/n2/ccl" / DONE).read_text())["kind"] == "finetune"

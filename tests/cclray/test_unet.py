@@ -156,3 +156,16 @@ def test_overfit_one_batch_reduces_both_losses():
     print(f"\nCCL loss {ccl_start:.3f} -> {ccl_end:.3f}; L1 {losses[0]:.3f} -> {losses[-1]:.3f}")
     assert ccl_end < 0.8 * ccl_start
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_probe_trains_only_its_head_on_the_proj_stride_features_and_keeps_the_input_grid():
+    cfg = ModelConfig(**{**TINY, "proj_stride": 2})
+    probe = build_synthesizer(cfg, probe=True)
+    x = torch.randn(1, 2, 16, 8, 24)
+    assert probe(x).shape == (1, len(cfg.targets), 16, 8, 24)
+    trainable = sorted(k for k, p in probe.named_parameters() if p.requires_grad)
+    assert trainable == ["synth_head.bias", "synth_head.weight"]
+    assert probe.synth_head.in_channels == cfg.width_at(2)
+    # a CCL checkpoint loads into it like into the full synthesizer
+    info = transfer_pretrained(probe, build_ccl_net(cfg).state_dict())
+    assert info["new"] == ["synth_head.bias", "synth_head.weight"]
