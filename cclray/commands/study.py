@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--test-src", help="a held-out BraTS folder: every model is evaluated on all its subjects")
     p.add_argument("--external-pretrain", help="the CCL-external arm's pretrain run ({seed} = the seed), e.g. "
                                                "another study's PHANTOM_STUDY/f0/seed{seed}/pretrain")
+    p.add_argument("--subjects", type=int, dest="n_subjects", help="phantom cohort size (default: the preset's)")
+    p.add_argument("--splits", help="subject counts NAME=COUNT,... of pretrain, finetune, val, test (default: the "
+                                    "preset's, e.g. pretrain=80,finetune=10,val=5,test=10)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
     p.add_argument("--sizes", type=int, nargs="+", help="finetune sizes n (default: the preset's)")
     p.add_argument("--arms", nargs="+", help="arms to run (default: the preset's); see `cclray study --dry-run`")
@@ -36,12 +39,16 @@ def run(args) -> int:
     from cclray.study_plan import PRESETS
 
     logging.basicConfig(level=logging.WARNING)
-    over = {k: getattr(args, a) for k, a in (("seeds", "seeds"), ("finetune_sizes", "sizes"), ("arms", "arms"),
+    over = {k: getattr(args, a) for k, a in (("n_subjects", "n_subjects"), ("seeds", "seeds"), ("finetune_sizes", "sizes"), ("arms", "arms"),
                                              ("phantom_version", "phantom_version"), ("spacing", "spacing"),
                                              ("pretrain_steps", "pretrain_steps"),
                                              ("finetune_steps", "finetune_steps"), ("workers", "workers"),
                                              ("external_pretrain", "external_pretrain"))
             if getattr(args, a) is not None}
+    if args.splits:
+        from data_prep.splits import parse_splits
+
+        over["splits"] = parse_splits(args.splits)
     for k in ("seeds", "finetune_sizes", "arms"):
         if k in over:
             over[k] = tuple(over[k])
