@@ -11,6 +11,11 @@ channels_last_3d (what ``cclray evaluate`` uses). Also printed: model file sizes
 weights) and, at full size, the peak RSS of a torch-free runtime process. Goal: ORT >= 2x faster.
 ``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider. Where onnxruntime is the
 onnxruntime-openvino build, its OpenVINO execution provider is timed too (CPU).
+
+``--int8`` also times the static-QDQ int8 variant (:func:`export.quantize.quantize_int8`, calibrated on the
+first windows the runtime feeds the fp32 model) on the OpenVINO provider where the build has it, else on
+the CPU provider. ``--run RUN`` benchmarks a trained finetune run's network (its card's patch) instead of
+a random-weight one.
 """
 from __future__ import annotations
 
@@ -56,6 +61,38 @@ print(hwm / 1024, dt)
 """
 
 
+class _Enough(Exception):
+    pass
+
+
+def int8_synth(synth, vols, tmp: Path, report, provider: str, threads: int, n: int = 8):
+    """An OnnxSynthesizer on the int8 variant of ``synth``'s model, calibrated on the first ``n`` windows
+    ``synth`` is fed for ``vols`` (normalized exactly as the runtime does)."""
+    from export.quantize import quantize_int8
+    from export.runtime import OnnxSynthesizer
+
+    seen, predict = [], synth.predict
+
+    def capture(x):
+        seen.extend(x[i:i + 1].copy() for i in range(len(x)))
+        if len(seen) >= n:
+            raise _Enough
+        return predict(x)
+
+    synth.predict = capture
+    try:
+        synth.synthesize(vols, batch_size=1)
+    except _Enough:
+        pass
+    finally:
+        synth.predict = predict
+    t = time.perf_counter()
+    quantize_int8(synth.path, tmp / "m_int8.onnx", seen[:n])
+    report.figure("int8 quantization (calibration on 8 windows)", time.perf_counter() - t, "s")
+    report.figure("model file int8", (tmp / "m_int8.onnx").stat().st_size / 1e6, "MB")
+    return OnnxSynthesizer(tmp / "m_int8.onnx", provider=provider, threads=threads)
+
+
 def main() -> int:
     ap = _common.parser(__doc__)
     ap.add_argument("--volume", type=int, nargs=3, default=None, help="volume shape (default 240 240 155)")
@@ -64,6 +101,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="default: all cores")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="ORT window batch sizes to try")
     ap.add_argument("--torch-batch", type=int, default=2)
+    ap.add_argument("--int8", action="store_true", help="also time the int8 (QDQ) variant")
+    ap.add_argument("--run", default=None, help="a finetune run (or checkpoint) to benchmark instead of a random net")
     ap.add_argument("--repeats", type=int, default=None,
                     help="back-to-back rounds of every variant (default 3; 1 with --smoke); ratios: median, min, max")
     args = ap.parse_args()
@@ -89,8 +128,15 @@ def main() -> int:
     threads = args.threads or _common.cores()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = ModelConfig(**({"widths": tuple(widths)} if widths else {}))
-    model = build_synthesizer(cfg).eval()
+    if args.run:
+        from cclray.runs import load_synthesizer
+
+        model, run_cfg, _ = load_synthesizer(args.run, device="cpu")
+        cfg, patch = run_cfg.model, args.patch or max(run_cfg.patch.patch_size)
+    else:
+        cfg = ModelConfig(**({"widths": tuple(widths)} if widths else {}))
+        model = build_synthesizer(cfg).eval()
+    model = model.eval()
     tmp = Path(tempfile.mkdtemp(prefix="bench_runtime_"))
     for fp16 in ((False, True) if full else (False,)):
         t = time.perf_counter()
@@ -135,6 +181,10 @@ def main() -> int:
     variants = {f"ort b{b}": (ort_synth.synthesize, b) for b in batches}
     if ov_synth is not None:
         variants["openvino"] = (ov_synth.synthesize, batches[0])
+    if args.int8:
+        q_provider = "openvino" if ov_synth is not None else "cpu"
+        q_synth = int8_synth(ort_synth, vols, tmp, report, q_provider, threads)
+        variants["openvino int8" if ov_synth is not None else "ort int8"] = (q_synth.synthesize, batches[0])
     variants["torch"] = (ref_synth.synthesize, args.torch_batch)
     if cl_model is not None:
         cl_synth = OnnxSynthesizer(path, provider="cpu", threads=threads)
@@ -167,6 +217,15 @@ def main() -> int:
             report.ratio_runs("torch channels_last_3d / onnxruntime OpenVINO EP (whole volume)",
                               times["torch channels_last_3d"], times["openvino"], goal=1.5,
                               note="issue 19's goal: the runtime >= 1.5x the best torch CPU path")
+
+    for k in (k for k in times if k.endswith(" int8")):
+        fp32 = "openvino" if k == "openvino int8" else best_b
+        report.figure(f"max |{k} - fp32| over the volume",
+                      max(float(np.abs(outs[k][c] - outs[fp32][c]).max()) for c in outs[fp32]), "z")
+        report.ratio_runs(f"onnxruntime {fp32} fp32 / {k} (whole volume)", times[fp32], times[k], goal=None)
+        if "torch channels_last_3d" in times:
+            report.ratio_runs(f"torch channels_last_3d / {k} (whole volume)", times["torch channels_last_3d"],
+                              times[k], goal=1.5, note="issue 19's goal, int8 (quality: `cclray export --quantize`)")
 
     if full and args.device == "cpu":
         code = RSS_PROBE.format(root=str(_common.ROOT), bench=str(Path(__file__).parent), model=str(path),
