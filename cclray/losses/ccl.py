@@ -89,7 +89,15 @@ class CCLLoss(nn.Module):
     ) -> torch.Tensor:
         """features (B, E, d, h, w); constraint (B, D, H, W) int labels, 0 = background;
         mask (B, D, H, W) bool; D/d = H/h = W/w = f. Returns a scalar (zero with a grad_fn when
-        no image contributes)."""
+        no image contributes).
+
+        Computed in float32 whatever autocast is on: under CUDA float16 autocast the similarity ``bmm``
+        would come out float16, which cannot hold the -1e9 fill (the first GPU run failed on it) and
+        would round the logits to 3 digits."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self._loss(features.float(), constraint, mask, generator)
+
+    def _loss(self, features, constraint, mask, generator):
         b, e = features.shape[:2]
         grid = tuple(features.shape[2:])
         if constraint.shape != mask.shape or constraint.dim() != 4 or constraint.shape[0] != b:

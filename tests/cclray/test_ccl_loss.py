@@ -234,3 +234,16 @@ def test_shape_mismatch_raises(feat_shape, lab_shape):
 def test_loss_config_rejects(over):
     with pytest.raises(ConfigError):
         LossConfig(**over)
+
+
+def test_loss_is_float32_under_autocast():
+    """Autocast (float16 on CUDA, bfloat16 here) must not reach the loss: a low-precision similarity
+    cannot hold the -1e9 fill in float16 and rounds the logits; the value equals the float32 one."""
+    feats, lab, mask = _clustered()
+    feats = torch.randn(feats.shape, generator=torch.Generator().manual_seed(2))
+    loss = CCLLoss(n_anchors=20, top_k=30)
+    plain = loss(feats, lab, mask, torch.Generator().manual_seed(0))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = loss(feats, lab, mask, torch.Generator().manual_seed(0))
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, plain, rtol=1e-6, atol=1e-6)
