@@ -55,6 +55,7 @@ class SubjectResult:
     seconds: float = 0.0
     error: str | None = None
     node: str = ""
+    stages: dict = field(default_factory=dict)  # seconds per stage (read, preprocess, ..., write)
 
 
 # ------------------------------------------------------------------------------------ the cohort
@@ -103,14 +104,17 @@ def _naming(name: str):
 
 # ------------------------------------------------------------------------------------ one subject
 def synthesize_subject(synth, job: SubjectJob, out: str, overlap: float | None = None,
-                       batch_size: int | None = None) -> SubjectResult:
+                       batch_size: int | None = None, resample: bool = True) -> SubjectResult:
     """Read, synthesize and write one subject with a ready :class:`~export.runtime.OnnxSynthesizer`.
-    Never raises: a failure comes back as ``SubjectResult(ok=False, error=...)`` and writes nothing."""
+    Never raises: a failure comes back as ``SubjectResult(ok=False, error=...)`` and writes nothing.
+    ``resample=False`` refuses inputs off the model's training grid (``--no-resample``); the result's
+    ``stages`` holds the seconds per stage (``--timings``: read incl. any fetch, the runtime's, write)."""
     from export import runtime_io as rio
     from export.runtime import DEFAULT_BATCH
 
     t0 = time.perf_counter()
     node = os.uname().nodename
+    stages: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix=f"cclray-{job.sid}-") as tmp:
             files = {}
@@ -122,8 +126,11 @@ def synthesize_subject(synth, job: SubjectJob, out: str, overlap: float | None =
                     files[c] = str(Path(tmp) / loc.name)
                     Path(files[c]).write_bytes(loc.read_bytes())
             vols = rio.load_inputs(files)
+            stages["read"] = time.perf_counter() - t0
             outputs = synth.synthesize({c: v.data for c, v in vols.items()}, {c: v.affine for c, v in vols.items()},
-                                       overlap=overlap, batch_size=batch_size or DEFAULT_BATCH)
+                                       overlap=overlap, batch_size=batch_size or DEFAULT_BATCH, resample=resample,
+                                       timings=stages)
+            t_write = time.perf_counter()
             reference = vols[synth.card.inputs[0]]
             dest = location(out)
             if is_local(dest):
@@ -137,11 +144,12 @@ def synthesize_subject(synth, job: SubjectJob, out: str, overlap: float | None =
                     target = dest / Path(f).name
                     atomic_write(target, Path(f).read_bytes())
                     written.append(str(target))
+            stages["write"] = time.perf_counter() - t_write
     except Exception as e:  # reported against the subject; the cohort goes on
         log.debug("subject %s failed", job.sid, exc_info=True)
         return SubjectResult(job.sid, False, seconds=time.perf_counter() - t0, node=node,
                              error=f"{type(e).__name__}: {e}")
-    return SubjectResult(job.sid, True, written, time.perf_counter() - t0, node=node)
+    return SubjectResult(job.sid, True, written, time.perf_counter() - t0, node=node, stages=stages)
 
 
 class SynthWorker:
@@ -155,10 +163,10 @@ class SynthWorker:
         path.write_bytes(model_bytes)
         self.synth = OnnxSynthesizer(path, provider=provider, threads=threads)
 
-    def run(self, job: SubjectJob, out: str, overlap=None, batch_size=None) -> dict:
+    def run(self, job: SubjectJob, out: str, overlap=None, batch_size=None, resample: bool = True) -> dict:
         import ray
 
-        result = synthesize_subject(self.synth, job, out, overlap, batch_size)
+        result = synthesize_subject(self.synth, job, out, overlap, batch_size, resample)
         result.node = ray.get_runtime_context().get_node_id()
         return asdict(result)
 
@@ -167,9 +175,9 @@ class SynthWorker:
 
 
 def _task(model_bytes: bytes, job: SubjectJob, out: str, provider: str, threads: int | None, overlap,
-          batch_size) -> dict:
+          batch_size, resample: bool = True) -> dict:
     """One Ray task per subject: builds its own session (the alternative the benchmark compares)."""
-    return SynthWorker(model_bytes, provider, threads).run(job, out, overlap, batch_size)
+    return SynthWorker(model_bytes, provider, threads).run(job, out, overlap, batch_size, resample)
 
 
 # ------------------------------------------------------------------------------------ the driver
@@ -186,7 +194,7 @@ def connect(address: str | None = None) -> str:
 
 def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | None = None,
                threads: int = 1, provider: str = "auto", overlap: float | None = None,
-               batch_size: int | None = None, mode: str = "actors", worker_retries: int = 1,
+               batch_size: int | None = None, resample: bool = True, mode: str = "actors", worker_retries: int = 1,
                on_result: Callable[[SubjectResult], object] | None = None) -> list[SubjectResult]:
     """Synthesize ``jobs`` on the connected Ray cluster (``ray.init`` first); returns one result each.
 
@@ -195,7 +203,7 @@ def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | N
     (``workers`` then bounds the tasks in flight). A subject whose worker died (killed, out of
     memory, node lost) is given to a new worker up to ``worker_retries`` more times, then reported as
     failed; a subject that fails by itself (bad input) is reported at once. ``on_result`` is called as
-    each subject finishes.
+    each subject finishes. ``resample=False``: refuse subjects off the model's training grid.
     """
     import ray
 
@@ -207,7 +215,7 @@ def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | N
     model_ref = ray.put(model_bytes)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = max(1, min(int(workers or cpus // max(1, threads)), len(jobs)))
-    args = (out, overlap, batch_size)
+    args = (out, overlap, batch_size, resample)
     results: list[SubjectResult] = []
     pending = list(jobs)
     inflight: dict = {}  # object ref -> (job, actor or None)
@@ -222,7 +230,7 @@ def run_cohort(model: str, jobs: list[SubjectJob], out: str, *, workers: int | N
         remote = ray.remote(num_cpus=threads, max_retries=0)(_task)
 
         def submit(job, actor=None):
-            inflight[remote.remote(model_ref, job, out, provider, threads, overlap, batch_size)] = (job, None)
+            inflight[remote.remote(model_ref, job, out, provider, threads, overlap, batch_size, resample)] = (job, None)
     else:
         Actor = ray.remote(num_cpus=threads, max_restarts=0)(SynthWorker)
 

@@ -79,19 +79,21 @@ def _run_cohort(args, synth) -> int:
         bar.update(1)
         if r.ok:
             bar.write(f"{r.sid}: wrote {', '.join(r.written)} ({r.seconds:.1f} s{', ' + r.node if r.node else ''})")
+            if args.timings:
+                bar.write(f"{r.sid} timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in r.stages.items()))
         else:
             bar.write(f"cclray synthesize: error: {r.sid}: {r.error}", file=sys.stderr)
 
     if args.ray is None:  # a URL without a cluster: the same per-subject code, in this process
         results = []
         for job in jobs:
-            results.append(scaleout.synthesize_subject(synth, job, args.out, args.overlap, args.batch))
+            results.append(scaleout.synthesize_subject(synth, job, args.out, args.overlap, args.batch, args.resample))
             report(results[-1])
     else:
         print(scaleout.connect(args.ray or None))
         results = scaleout.run_cohort(args.model, jobs, args.out, workers=args.workers, threads=threads,
                                       provider=args.provider, overlap=args.overlap, batch_size=args.batch,
-                                      on_result=report)
+                                      resample=args.resample, on_result=report)
     bar.close()
     failed = [r.sid for r in results if not r.ok] + [e.sid for e in unusable]
     if failed:

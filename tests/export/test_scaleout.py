@@ -90,6 +90,31 @@ def test_missing_input_file_in_an_s3_cohort_names_it(model_path, s3_server, s3_b
     assert "cclray synthesize: error: BraTS-GLI-00001-000: " in err and "BraTS-GLI-00001-000-t2f.nii.gz" in err
 
 
+def test_scaled_path_has_no_resample_and_timings(model_path, tmp_path, s3_server, s3_bucket, capsys):
+    """The scale-out path (a cohort to object storage, as with --ray) honours --no-resample (each subject off
+    the card's 2 mm grid refused, naming both spacings, nothing written) and prints --timings per subject."""
+    import onnx
+
+    from export.card import read_card
+
+    proto = onnx.load(str(model_path[0]))
+    meta = read_card(proto).replace(spacing=(2.0, 2.0, 2.0)).metadata_props()
+    for p in proto.metadata_props:
+        p.value = meta.get(p.key, p.value)
+    model = tmp_path / "tiny_2mm.onnx"
+    onnx.save_model(proto, str(model))
+    cohort = _cohort(tmp_path / "cohort", n_good=2, bad=False)  # test_runtime's AFFINE: 1.2 x 1.1 x 1 mm
+    args = ["synthesize", "--model", str(model), "--cohort", str(cohort), "--provider", "cpu"]
+    assert cli(args + ["--out", f"{s3_bucket}/refused", "--no-resample"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("trained on 2x2x2 mm") == 2 and "1.2x1.1x1 mm" in err and "2 of 2 subject(s) failed" in err
+    assert s3_server.keys(f"{s3_bucket}/refused") == []
+    assert cli(args + ["--out", f"{s3_bucket}/synth", "--timings"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " timings: " in ln]
+    assert len(lines) == 2 and all(f"{k} " in lines[0] for k in ("read", "preprocess", "inference", "write"))
+    assert len(s3_server.keys(f"{s3_bucket}/synth")) == 4
+
+
 CLUSTER = r'''
 import json, os, signal, sys, threading, time
 import psutil
