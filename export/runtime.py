@@ -142,6 +142,10 @@ class OnnxSynthesizer:
             log.warning("%s listed as available but the session runs on %s", chain[0], self.provider)
         log.info("loaded %s on %s (%s -> %s)", path, self.provider, "+".join(self.card.inputs),
                  "+".join(self.card.targets))
+        if self.card.precision == "int8" and self.provider == PROVIDERS["cpu"]:
+            # measured (docs/BENCHMARKS.md): QDQ int8 runs at 0.5-0.8x the fp32 speed on the plain CPU provider
+            log.warning("%s is int8 (QDQ), which the plain CPU provider runs slower than the fp32 model; "
+                        "int8 pays on the OpenVINO provider (`pip install cclray[runtime]` on x86-64 Linux)", path)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(B, Cin, X, Y, Z)`` float32 normalized windows -> ``(B, T, X, Y, Z)`` float32."""

@@ -215,10 +215,12 @@ def test_int8_is_written_only_within_the_quality_bound(exported, tmp_path, monke
     assert not refused.exists() and not list(tmp_path.glob("*.tmp*"))
 
 
-def test_quantize_int8_called_alone_stamps_the_int8_card(exported, tmp_path):
+def test_quantize_int8_called_alone_stamps_the_int8_card(exported, tmp_path, caplog):
     """export.quantize.quantize_int8 outside `cclray export`: the card of the file it writes says int8 (every
-    other field as the fp32 card's); an fp16 file is refused, naming the fp32 export as the fix."""
+    other field as the fp32 card's); an fp16 file is refused, naming the fp32 export as the fix. The runtime
+    warns when the int8 file runs on the plain CPU provider (slower than fp32 there), not for fp32."""
     from export.quantize import quantize_int8
+    from export.runtime import OnnxSynthesizer
 
     fp32_path, report = exported[1]["fp32"]
     rng = np.random.default_rng(0)
@@ -230,6 +232,11 @@ def test_quantize_int8_called_alone_stamps_the_int8_card(exported, tmp_path):
     assert {**card.to_dict(), "precision": "fp32"} == report["card"]
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta[CARD_KEY])["precision"] == "int8" and meta["cclray.inputs"] == ",".join(card.inputs)
+    with caplog.at_level("WARNING", logger="export.runtime"):
+        OnnxSynthesizer(fp32_path, provider="cpu")
+        assert not [r for r in caplog.records if "int8" in r.getMessage()]
+        OnnxSynthesizer(out, provider="cpu")
+    assert [r for r in caplog.records if "int8 (QDQ)" in r.getMessage() and "OpenVINO" in r.getMessage()]
     with pytest.raises(CardError, match=r"fp16 model.*without --fp16"):
         quantize_int8(exported[1]["fp16"][0], tmp_path / "bad.onnx", calib)
     assert not (tmp_path / "bad.onnx").exists()
