@@ -9,7 +9,8 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
    subjects: alike in T1Gd/FLAIR, different in T1w/T2w.
 3. **Per-subject protocol** (:mod:`data_prep.phantom_protocol`): 1.5 T or 3 T (relaxation times move
    with the field), spin-echo or gradient-echo T1w, jittered TR/TE, a site FLAIR TI not tuned to
-   the subject: the relation between contrasts shifts between subjects as between sites.
+   the subject: the relation between contrasts shifts between subjects as between sites. In half of
+   the subjects T1Gd is a 3D MPRAGE while T1w is the site's 2D sequence (``Parts.mprage_post``).
 4. **Texture**: tissue is not homogeneous (cell density, water content, myelin vary over millimetres),
    so T1 and T2 are multiplied by smooth random fields (correlation 5-10 mm): +-10-15 % inside
    lesion compartments, +-2-4 % in normal tissue. Signals are computed from the textured T1/T2 of
@@ -22,7 +23,12 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
    with 3-6 mm slices (T1Gd mostly 3D, 1 mm), resampled to the 1 mm atlas grid: each contrast of a
    subject is, with a per-contrast probability, blurred across its slices (Gaussian, FWHM the slice
    thickness; axial mostly, else sagittal or coronal), so fine detail differs between contrasts.
-7. **Noise**: Rician, per contrast a fraction of its mean signal drawn from :data:`NOISE` (int16, 0
+7. **Residual misregistration**: the four scans are minutes apart (the head moves between them) and
+   are registered to each other afterwards with errors of about a millimetre and a degree; each
+   contrast is moved by its own small rigid transform (up to :data:`MISREG_MM` mm per axis, up to
+   :data:`MISREG_DEG` degrees about each axis, linear interpolation as a registration's resampling).
+   The lesion labels stay on the true anatomy, as a segmentation drawn on the average would.
+8. **Noise**: Rician, per contrast a fraction of its mean signal drawn from :data:`NOISE` (int16, 0
    outside the brain): 0.8-2 % for T1w and T1Gd, 1.5-3.5 % for T2w and FLAIR. T1-weighted scans have
    the least tissue contrast (grey/white differ by ~10-20 %), so sites acquire them with more signal
    per voxel (3D, or 2D with several averages: SNR grows with the square root of the samples), while
@@ -41,7 +47,7 @@ import numpy as np
 from .phantom_anatomy import warped_brain
 from .phantom_kinds import HAEMORRHAGE_T2, KIND_TISSUES, KINDS, PREVALENCE, add_kinds, labels
 from .phantom_lesion import grow_lesion, smooth_field
-from .phantom_protocol import REFERENCE_PROTOCOL, draw_protocol, field_factors, signals
+from .phantom_protocol import MPRAGE_POST, REFERENCE_PROTOCOL, draw_protocol, field_factors, signals
 from .phantom_tissue import REFERENCE, TISSUES, jitter_tissues
 from .schema import CONTRASTS
 
@@ -63,6 +69,8 @@ class Parts:
     slices: bool = True
     protocol: bool = True
     noise: bool = True
+    misregistration: bool = True
+    mprage_post: float = MPRAGE_POST  # probability that T1Gd is an MPRAGE (0: T1Gd repeats the T1w sequence)
     prevalence: dict = field(default_factory=lambda: dict(PREVALENCE))
 
     @classmethod
@@ -106,8 +114,9 @@ def texture(rng: np.random.Generator, brain) -> tuple[np.ndarray, float, float]:
 THIN_3D: dict[str, float] = {"t1w": 0.4, "t1gd": 0.8, "t2w": 0.1, "flair": 0.3}
 
 
-def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray) -> dict:
-    """Blur ``clean (4, V)`` in place across the slices of the 2D contrasts; return ``{contrast: (axis, mm)}``."""
+def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray, always_3d: tuple[str, ...] = ()) -> dict:
+    """Blur ``clean (4, V)`` in place across the slices of the 2D contrasts (``always_3d``: contrasts whose
+    sequence is 3D whatever the draw, e.g. an MPRAGE T1Gd); return ``{contrast: (axis, mm)}``."""
     from scipy.ndimage import gaussian_filter1d
 
     spacing = float(brain.affine[0, 0])
@@ -117,12 +126,40 @@ def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray) -> dict:
     for c, contrast in enumerate(CONTRASTS):
         thin, axis, mm = rng.uniform() < THIN_3D[contrast], int(rng.choice([2, 2, 2, 0, 1])), rng.uniform(3.0, 6.0)
         sigma = np.sqrt(max(mm * mm - spacing * spacing, 0.0)) / 2.355 / spacing  # FWHM less the grid's voxel
-        if thin or sigma < 0.3:
+        if thin or sigma < 0.3 or contrast in always_3d:
             continue
         vol = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=np.float32)
         vol[local] = clean[c]
         clean[c] = gaussian_filter1d(vol, sigma, axis=axis, mode="constant")[local]
         done[contrast] = ("xyz"[axis], round(float(mm), 2))
+    return done
+
+
+#: residual misregistration of each contrast: translation (mm) and rotation (degrees) per axis, uniform +-
+MISREG_MM: float = 1.0
+MISREG_DEG: float = 1.0
+
+
+def misregister(rng: np.random.Generator, brain, clean: np.ndarray) -> dict:
+    """Move each contrast of ``clean (4, V)`` in place by its own small rigid transform about the brain box's
+    centre; return ``{contrast: (tx, ty, tz mm, rx, ry, rz degrees)}``."""
+    from scipy.ndimage import affine_transform
+    from scipy.spatial.transform import Rotation
+
+    spacing = float(brain.affine[0, 0])
+    (x0, x1), (y0, y1), (z0, z1) = brain.box
+    local = tuple(brain.vox - np.array([x0, y0, z0])[:, None])
+    centre = (np.array([x1 - x0, y1 - y0, z1 - z0]) - 1) / 2.0
+    done = {}
+    for c, contrast in enumerate(CONTRASTS):
+        t_mm, deg = rng.uniform(-MISREG_MM, MISREG_MM, 3), rng.uniform(-MISREG_DEG, MISREG_DEG, 3)
+        rot = Rotation.from_euler("xyz", deg, degrees=True).as_matrix()
+        vol = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=np.float32)
+        vol[local] = clean[c]
+        # output voxel o shows input voxel rot (o - centre) + centre - t: the content moves by about +t
+        moved = affine_transform(vol, rot, centre - rot @ centre - t_mm / spacing, order=1, mode="constant")
+        clean[c] = moved[local]
+        done[contrast] = tuple(round(float(v), 3) for v in (*t_mm, *deg))
     return done
 
 
@@ -132,7 +169,7 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     (protocol, lesion kinds placed, slices, noise sd as a fraction of each contrast's mean) and, with ``return_tissue``, v2's compartments in ``tissue``."""
     parts = parts or Parts()
     ss = np.random.SeedSequence(int(seed))
-    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss = ss.spawn(8)
+    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss, misreg_ss = ss.spawn(9)
     rng = np.random.default_rng(anatomy)
     brain = warped_brain(rng, spacing)
     lesion = grow_lesion(rng, brain.out_mm, brain.tpl_mm, brain.wm, spacing)
@@ -149,7 +186,7 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     h = reference["haemorrhage"]
     reference["haemorrhage"] = type(h)(t1=h.t1, t2=HAEMORRHAGE_T2[age], pd=h.pd, gd=h.gd)
     tissues = jitter_tissues(trng, reference=reference, names=TISSUES_V2)
-    protocol = draw_protocol(np.random.default_rng(protocol_ss)) if parts.protocol else REFERENCE_PROTOCOL
+    protocol = draw_protocol(np.random.default_rng(protocol_ss), parts.mprage_post) if parts.protocol else REFERENCE_PROTOCOL
     tex, amp_normal, amp_lesion = texture(np.random.default_rng(texture_ss), brain) if parts.texture else (None, 0, 0)
 
     clean = np.zeros((len(CONTRASTS), v), dtype=np.float32)
@@ -167,7 +204,9 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
         clean[:, idx] += frac[name][idx] * signals(t.pd, t1, t2, t.gd, protocol)
     if parts.receive:
         clean *= receive_field(np.random.default_rng(receive_ss), brain)
-    slices = slice_blur(np.random.default_rng(slices_ss), brain, clean) if parts.slices else {}
+    slices = slice_blur(np.random.default_rng(slices_ss), brain, clean,
+                        ("t1gd",) if protocol.gd_kind == "mprage" else ()) if parts.slices else {}
+    moved = misregister(np.random.default_rng(misreg_ss), brain, clean) if parts.misregistration else {}
 
     nrng = np.random.default_rng(noise_ss)
     gain = (GAIN * nrng.uniform(0.9, 1.1, len(CONTRASTS))).astype(np.float32)[:, None]
@@ -185,7 +224,7 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     images = {contrast: brain.to_grid(values[c]) for c, contrast in enumerate(CONTRASTS)}
     out = {"sid": sid, "images": images, "seg": brain.to_grid(labels(frac)),
            "mask": brain.to_grid(np.ones(v, dtype=bool)), "affine": brain.affine,
-           "info": {"protocol": protocol, "kinds": placed, "slices": slices,
+           "info": {"protocol": protocol, "kinds": placed, "slices": slices, "misregistration": moved,
                     "noise": {c: round(float(f), 4) if parts.noise else 0.0 for c, f in zip(CONTRASTS, noise_frac)}}}
     if return_tissue:
         out["tissue"] = {name: brain.to_grid(frac[name]) for name in TISSUES_V2}
@@ -193,4 +232,5 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     return out
 
 
-__all__ = ["TISSUES_V2", "NOISE", "THIN_3D", "Parts", "receive_field", "texture", "slice_blur", "make_subject"]
+__all__ = ["TISSUES_V2", "NOISE", "THIN_3D", "MISREG_MM", "MISREG_DEG", "Parts", "misregister", "receive_field",
+           "texture", "slice_blur", "make_subject"]

@@ -12,11 +12,11 @@ ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
 @pytest.fixture(scope="module")
 def kinds_subjects():
     """Two 2 mm v2 subjects with every lesion kind present (protocol, texture, receive field and noise on; thin
-    slices, so that the specks of calcification are not blurred into their surroundings)."""
+    slices and no misregistration, so that the specks of calcification stay where their tissue map says)."""
     from data_prep.phantom_v2 import Parts
 
     return [phantom.make_subject("x", s, spacing=2.0, return_tissue=True, version=2,
-                                 parts=Parts.only(*ALL_KINDS, slices=False))
+                                 parts=Parts.only(*ALL_KINDS, slices=False, misregistration=False))
             for s in (SEED, SEED + 5)]
 
 
@@ -64,7 +64,7 @@ def test_v2_haemosiderin_rim_dark_on_t2w_and_flair():
 
     for seed in range(40):  # the first subject with a blob (not a layer)
         s = phantom.make_subject("x", seed, spacing=2.0, return_tissue=True, version=2,
-                                 parts=Parts.only("haemorrhage"))
+                                 parts=Parts.only("haemorrhage", misregistration=False))
         if s["info"]["kinds"]["haemorrhage"]["shape"] == "blob":
             break
     rim = s["tissue"]["haemosiderin"] > 0.7
@@ -77,7 +77,8 @@ def test_v2_parts_switch_off_and_keep_the_rest():
     from data_prep.phantom_v2 import Parts
 
     plain = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
-                                 parts=Parts.only(receive=False, texture=False, noise=False, slices=False))
+                                 parts=Parts.only(receive=False, texture=False, noise=False, slices=False,
+                                                  misregistration=False))
     assert plain["info"]["kinds"] == {} and all(plain["tissue"][k].sum() == 0 for k in ALL_KINDS)
     for c in CONTRASTS:  # noise off: the image is the oracle's prediction
         np.testing.assert_allclose(plain["images"][c], np.clip(np.rint(plain["clean"][c]), 1, None) * plain["mask"],
@@ -85,7 +86,8 @@ def test_v2_parts_switch_off_and_keep_the_rest():
     wm = plain["tissue"]["wm"] > 0.99
     assert plain["images"]["t2w"][wm].std() / plain["images"]["t2w"][wm].mean() < 0.01  # homogeneous, no field
     textured = phantom.make_subject("x", SEED, spacing=4.0, version=2,
-                                    parts=Parts.only(receive=False, texture=True, noise=False, slices=False))
+                                    parts=Parts.only(receive=False, texture=True, noise=False, slices=False,
+                                                     misregistration=False))
     assert textured["images"]["t2w"][wm].std() / textured["images"]["t2w"][wm].mean() > 0.01
     np.testing.assert_array_equal(textured["seg"], plain["seg"])  # same anatomy and lesion
 
@@ -96,7 +98,7 @@ def test_v2_receive_field_is_shared_by_the_contrasts():
     from data_prep.phantom_v2 import Parts
 
     s = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
-                             parts=Parts.only(texture=False, noise=False, slices=False))
+                             parts=Parts.only(texture=False, noise=False, slices=False, misregistration=False))
     wm = s["tissue"]["wm"] > 0.99
     t1w, t1gd = (s["images"][c][wm].astype(float) for c in ("t1w", "t1gd"))
     assert t1w.max() / t1w.min() > 1.1
@@ -164,3 +166,47 @@ def test_v2_noise_is_lower_on_the_t1_weighted_contrasts():
             low, high = NOISE[c]
             assert low <= on["info"]["noise"][c] <= high and off["info"]["noise"][c] == 0.0
             assert rel == pytest.approx(on["info"]["noise"][c], rel=0.2), c
+
+
+def test_v2_mprage_post_contrast():
+    """T1Gd as a 3D MPRAGE (inversion prepared): CSF nearly nulled (far darker relative to WM than on the T1w),
+    never slice-blurred; the other timings are those of the same subject without it."""
+    from data_prep.phantom_v2 import Parts
+
+    mp = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
+                              parts=Parts.only(mprage_post=1.0, noise=False))
+    same = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
+                                parts=Parts.only(mprage_post=0.0, noise=False))
+    p, q = mp["info"]["protocol"], same["info"]["protocol"]
+    assert (p.gd_kind, q.gd_kind) == ("mprage", "same") and p.t2_te == q.t2_te and p.t1_tr == q.t1_tr
+    assert 1800 <= p.gd_tr <= 2300 and 850 <= p.gd_ti <= 1100
+    assert "t1gd" not in mp["info"]["slices"]
+    csf = _rel(mp, "t1gd", "csf", min_n=20)
+    assert csf < 0.25 and csf < 0.6 * _rel(mp, "t1w", "csf", min_n=20)
+    assert _rel(same, "t1gd", "csf", min_n=20) == pytest.approx(_rel(same, "t1w", "csf", min_n=20), rel=0.1)
+    np.testing.assert_array_equal(mp["images"]["t2w"], same["images"]["t2w"])
+
+
+def test_v2_misregistration_moves_each_contrast_by_its_recorded_shift(monkeypatch):
+    """Without rotation, each contrast is the unmoved one translated by its recorded (tx, ty, tz) mm: it matches the
+    unmoved image shifted by +t better than shifted by -t or not at all; the labels stay on the true anatomy."""
+    from scipy.ndimage import binary_erosion, shift
+
+    from data_prep import phantom_v2
+    from data_prep.phantom_v2 import Parts
+
+    monkeypatch.setattr(phantom_v2, "MISREG_DEG", 0.0)
+    kw = dict(noise=False, slices=False, receive=False)
+    on = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(**kw))
+    off = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(misregistration=False, **kw))
+    assert off["info"]["misregistration"] == {}
+    np.testing.assert_array_equal(on["seg"], off["seg"])
+    inner = binary_erosion(on["mask"], iterations=3)
+    for c in CONTRASTS:
+        t = np.array(on["info"]["misregistration"][c][:3]) / 2.0  # voxels
+        assert np.all(np.abs(t) <= phantom_v2.MISREG_MM / 2.0) and np.abs(t).max() > 0.05
+        ref = off["images"][c].astype(float)
+
+        def err(moved):
+            return np.abs(on["images"][c][inner] - moved[inner]).mean()
+        assert err(shift(ref, t, order=1)) < min(err(ref), err(shift(ref, -t, order=1))), c
