@@ -210,3 +210,24 @@ def test_v2_misregistration_moves_each_contrast_by_its_recorded_shift(monkeypatc
         def err(moved):
             return np.abs(on["images"][c][inner] - moved[inner]).mean()
         assert err(shift(ref, t, order=1)) < min(err(ref), err(shift(ref, -t, order=1))), c
+
+
+def test_v2_2d_contrasts_misregister_up_to_half_a_slice_across_their_slices():
+    from data_prep.phantom_v2 import MISREG_MM, Parts
+
+    beyond = 0
+    for seed in range(SEED, SEED + 6):
+        s = phantom.make_subject("x", seed, spacing=4.0, version=2, parts=Parts.only(noise=False))
+        thin = phantom.make_subject("x", seed, spacing=4.0, version=2,
+                                    parts=Parts.only(noise=False, thick_misregistration=False))
+        for c, t in s["info"]["misregistration"].items():
+            same = thin["info"]["misregistration"][c]
+            assert t[3:] == same[3:]  # same draws: only the scale across the slices changes
+            if c not in s["info"]["slices"]:
+                assert t == same and max(abs(v) for v in t[:3]) <= MISREG_MM
+                continue
+            axis, mm = s["info"]["slices"][c]
+            k = "xyz".index(axis)
+            assert abs(t[k]) <= max(MISREG_MM, mm / 2) + 1e-3
+            beyond += abs(t[k]) > MISREG_MM
+    assert beyond > 0
