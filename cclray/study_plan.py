@@ -1,6 +1,6 @@
 """The study's design as data: its config, presets, subject splits and the job graph (no torch, no Ray).
 
-The question (docs/RESULTS.md): does CCL pretraining make a better T1w/T2w synthesizer than training from
+The question (docs/STUDY.md; results in docs/RESULTS.md): does CCL pretraining make a better T1w/T2w synthesizer than training from
 scratch, at finetune sizes n = 2, 5, 10? :func:`plan` turns a :class:`StudyConfig` into :class:`Job` s —
 pretraining runs, finetuning runs, regressor fits and evaluations — each with the jobs it waits for, so
 that :mod:`cclray.study` can run them in order (or several at once) and skip the finished ones.
@@ -92,7 +92,8 @@ _SMALL = dict(widths=(16, 32, 64, 128), proj_stride=2, patch=32, batch=4)
 PRESETS: dict[str, StudyConfig] = {
     # the phantom study: the paper's split (80/10/5/10) at 2 mm, n = 2, 5, 10, 3 seeds, every arm: 6
     # pretrainings of 3000 steps, 30 finetunings of 600 and 9 compute-matched of 3600 steps. Sized for one GPU
-    # (`--local --parallel 10 --device cuda`: minutes on an H200); about a day on 2 CPU cores.
+    # (`--local --parallel 10 --device cuda`; measured on one H200 shared with 9 other jobs: a 3000-step
+    # pretraining took 300-350 s, a 600-step finetuning 40-70 s, so about 20-25 min for the study); days on 2 CPU cores.
     "phantom": StudyConfig(**_SMALL, arms=ARMS[:6] + ("Probe-CCL", "Probe-random")),
     # the same design with 1 seed, 400 pretraining and 200 finetuning steps: the CPU look (2 cores: ~1 h)
     "pilot": StudyConfig(**_SMALL, seeds=(0,), pretrain_steps=400, finetune_steps=200),

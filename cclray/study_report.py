@@ -80,8 +80,9 @@ def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
     for arm in arms:
         pts = [(n, primary_by_n[n]["table"][arm]["t1w"]["ssim"]) for n in ns if arm in primary_by_n[n]["table"]]
         x = [n for n, _ in pts]
-        ax.plot(x, [s["mean"] for _, s in pts], marker="o", label=arm)
-        ax.fill_between(x, [s["ci"][0] for _, s in pts], [s["ci"][1] for _, s in pts], alpha=0.15)
+        colour = f"C{ARMS.index(arm)}"  # one colour an arm in both panels
+        ax.plot(x, [s["mean"] for _, s in pts], marker="o", label=arm, color=colour)
+        ax.fill_between(x, [s["ci"][0] for _, s in pts], [s["ci"][1] for _, s in pts], alpha=0.15, color=colour)
         if arm == "Baseline":
             continue
         d = [(n, primary_by_n[n]["minus_baseline"][arm]["t1w"]["ssim"]) for n in ns
@@ -89,7 +90,7 @@ def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
         if d:
             dx.errorbar([n for n, _ in d], [s["mean"] for _, s in d],
                         yerr=[[s["mean"] - s["ci"][0] for _, s in d], [s["ci"][1] - s["mean"] for _, s in d]],
-                        marker="o", capsize=3, label=f"{arm} − Baseline")
+                        marker="o", capsize=3, label=f"{arm} − Baseline", color=colour)
     dx.axhline(0, color="k", lw=0.8)
     for a, title in ((ax, "T1w SSIM (masked, brain), mean [95 % CI]"),
                      (dx, "paired difference to Baseline [95 % CI]")):
