@@ -179,6 +179,18 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
 
 
 # ------------------------------------------------------------------------------------------------ study
+def check_same_study(old: dict, new: dict, path: Path) -> None:
+    """A rerun continues the study in its folder: same settings, except that it may add seeds (the finished
+    seeds' jobs are kept and the tables pool every seed). Anything else is refused."""
+    from data_prep.errors import UserError
+
+    o, n = dict(old["config"]), dict(new["config"])
+    old_seeds, new_seeds = o.pop("seeds"), n.pop("seeds")
+    if {**old, "config": o} != {**new, "config": n} or not set(old_seeds) <= set(new_seeds):
+        raise UserError(f"{path.parent} holds a study with other settings ({path}): use another --out, or delete "
+                        f"the folder to start again (a rerun may only add seeds to {old_seeds})")
+
+
 def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,
               test_src: str | None = None, backend: str = "ray", device: str = "cpu", parallel: int = 1,
               dry_run: bool = False, say: Callable[[str], None] = print) -> dict:
@@ -190,11 +202,8 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / "study_config.json"
     wanted = {"config": cfg.to_dict(), "src": src, "test_src": test_src}
-    if recorded.exists() and json.loads(recorded.read_text()) != json.loads(json.dumps(wanted)):
-        from data_prep.errors import UserError
-
-        raise UserError(f"{out} holds a study with other settings ({recorded}): use another --out, or "
-                        f"delete the folder to start again")
+    if recorded.exists():
+        check_same_study(json.loads(recorded.read_text()), json.loads(json.dumps(wanted)), recorded)
     store = str(out / "store.zarr")
     inputs_constraint = "(inputs-only map)" if "CCL-inputs" in cfg.arms else ""
     jobs = plan(cfg, store, str(out / "test_store.zarr") if test_src else None, inputs_constraint)

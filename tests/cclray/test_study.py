@@ -89,3 +89,10 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
     assert any("already done, 0 to run" in s for s in said)
     with pytest.raises(UserError, match="other settings"):
         run_study(tmp_path, cfg.replace(seeds=(1,)), backend="local", device="cpu", say=said.append)
+    with pytest.raises(UserError, match="other settings"):
+        run_study(tmp_path, cfg.replace(finetune_steps=6), backend="local", device="cpu", say=said.append)
+    said.clear()  # adding a seed keeps seed 0's jobs and pools both seeds in the tables
+    result = run_study(tmp_path, cfg.replace(seeds=(0, 1)), backend="local", device="cpu", parallel=2,
+                       say=said.append)
+    assert any("12 jobs, 6 already done, 6 to run" in s for s in said), said
+    assert result["by_n"][2]["masked/brain"]["seeds"] == [0, 1]
