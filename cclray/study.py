@@ -76,10 +76,11 @@ def write_study_splits(store: str, cfg: StudyConfig, test_store: str | None) -> 
     return splits
 
 
-def add_inputs_constraint(store: str, workers: int = 2) -> str:
-    from data_prep.constraint import ConstraintSpec, add_constraint
+def inputs_constraint_spec():
+    """The CCL-inputs arm's ConstraintSpec; its ``name`` is the store array the pretraining reads."""
+    from data_prep.constraint import ConstraintSpec
 
-    return add_constraint(store, ConstraintSpec.from_dict(INPUTS_CONSTRAINT), workers=workers)
+    return ConstraintSpec.from_dict(INPUTS_CONSTRAINT)
 
 
 # ------------------------------------------------------------------------------------------------ jobs
@@ -205,8 +206,9 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     if recorded.exists():
         check_same_study(json.loads(recorded.read_text()), json.loads(json.dumps(wanted)), recorded)
     store = str(out / "store.zarr")
-    inputs_constraint = "(inputs-only map)" if "CCL-inputs" in cfg.arms else ""
-    jobs = plan(cfg, store, str(out / "test_store.zarr") if test_src else None, inputs_constraint)
+    inputs_spec = inputs_constraint_spec() if "CCL-inputs" in cfg.arms else None
+    test_store = str(out / "test_store.zarr") if test_src else None
+    jobs = plan(cfg, store, test_store, inputs_spec.name if inputs_spec else "")
     counts = {k: sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "regressor", "evaluate")}
     say(f"study: {cfg.folds} fold(s) x seeds {list(cfg.seeds)} x n {list(cfg.finetune_sizes)}; arms "
         f"{list(cfg.arms)}; {cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}, "
@@ -219,12 +221,14 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     t0 = time.perf_counter()
     cpus = max(1, min(16, os.cpu_count() or 1))
     prepare_store(out, cfg, src, say=say, workers=cpus)
-    test_store = prepare_store(out, cfg, test_src, "test_store.zarr", say=say, workers=cpus) if test_src else None
+    if test_src:
+        prepare_store(out, cfg, test_src, "test_store.zarr", say=say, workers=cpus)
     write_study_splits(store, cfg, test_store)
-    if inputs_constraint:
+    if inputs_spec:
+        from data_prep.constraint import add_constraint
+
         say("constraint map of the inputs only (T1Gd + FLAIR) for the CCL-inputs arm ...")
-        inputs_constraint = add_inputs_constraint(store, workers=cpus)
-        jobs = plan(cfg, store, test_store, inputs_constraint)
+        add_constraint(store, inputs_spec, workers=cpus)
     run_jobs(jobs, out, backend, device, parallel, say)
     result = write_report(out, cfg, jobs)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
