@@ -230,7 +230,11 @@ def test_worker_killed_run_recovers_from_last_checkpoint(ray_session, tiny_store
     assert all(after[name] == t for name, t in before.items())  # checkpoints before the kill: not redone
     assert [read_meta(d)["step"] for d in checkpoint_dirs(run)] == [steps * e for e in range(1, epochs + 1)]
     redone = [n for n, t in after.items() if n not in before]
-    assert redone and all(after[n] > killed_at for n in redone)
+    # the checkpoint rank 0 was writing when the kill landed may still complete (its meta time predates the
+    # kill, its meta.json lands after the listing; CI saw e0002 so): at most that one, and it comes first
+    in_flight = [n for n in redone if after[n] <= killed_at]
+    assert in_flight == redone[:len(in_flight)] and len(in_flight) <= 1, (in_flight, killed_at)
+    assert redone[len(in_flight):] and all(after[n] > killed_at for n in redone[len(in_flight):])
     rows = MetricsLog(run).rows()
     assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # each epoch once
     assert json.loads((location(run) / "config.json").read_text())["config"] == cfg.to_dict()
