@@ -10,7 +10,8 @@ nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``los
     model.act, model.down, model.up    the 3D encoder-decoder and its heads
     loss.n_anchors, loss.top_k, loss.temperature, loss.self_positive, loss.l1_weight, loss.ssim_weight
     patch.patch_size, patch.batch_size, patch.fg_fraction, patch.patches_per_volume,
-    patch.region_factor, patch.augment, patch.num_workers, patch.samples_per_epoch
+    patch.region_factor, patch.augment, patch.rotate_deg, patch.scale, patch.num_workers,
+    patch.samples_per_epoch
     epochs, steps_per_epoch, lr, weight_decay, grad_clip, lr_schedule, plateau_factor,
     plateau_patience, min_lr, amp, cpu_bf16, channels_last, seed, checkpoint_every,
     keep_checkpoints, num_workers, use_gpu, cpus_per_worker
@@ -156,10 +157,13 @@ class PatchConfig(FrozenConfig):
     # hold patches of batch_size different subjects (docs/METHOD.md); > 1 reads less but correlates a batch
     patches_per_volume: int = 1
     region_factor: float = 1.5  # region edge = patch edge x this (when patches_per_volume > 1), capped at the volume
-    # random flips of the 3 axes, the same for inputs, targets, mask and labels; no intensity change (a synthesis
-    # network maps intensities: jittering inputs only would teach the wrong invariance). Off by default: the
-    # authors pretrain without augmentation (docs/METHOD.md)
+    # random flips of the 3 axes, a rotation and an isotropic scale: one affine for inputs, targets (linear) and
+    # mask, labels (nearest); no intensity change (a synthesis network maps intensities: jittering inputs only
+    # would teach the wrong invariance). Off by default: the authors pretrain without augmentation
+    # (docs/METHOD.md section 3; cclray/data/augmentation.py)
     augment: bool = False
+    rotate_deg: float = 15.0  # with augment: rotation about a random axis by at most this angle (0 = none)
+    scale: tuple[float, float] = (0.95, 1.05)  # with augment: isotropic scale range ((1, 1) = none)
     num_workers: int = 1  # DataLoader workers per training process
     samples_per_epoch: int = 64
 
@@ -171,6 +175,11 @@ class PatchConfig(FrozenConfig):
         require(self.patches_per_volume >= 1,
                 f"PatchConfig.patches_per_volume={self.patches_per_volume}: must be >= 1")
         require(self.region_factor >= 1.0, f"PatchConfig.region_factor={self.region_factor}: must be >= 1")
+        require(0.0 <= self.rotate_deg <= 180.0,
+                f"PatchConfig.rotate_deg={self.rotate_deg}: must be in [0, 180] degrees (0 = no rotation)")
+        lo, hi = self.scale
+        require(0.5 <= lo <= hi <= 2.0, f"PatchConfig.scale={list(self.scale)}: must be [low, high] with "
+                                        "0.5 <= low <= high <= 2 ([1, 1] = no scaling)")
         require(self.num_workers >= 0, f"PatchConfig.num_workers={self.num_workers}: must be >= 0")
         require(self.samples_per_epoch >= 1,
                 f"PatchConfig.samples_per_epoch={self.samples_per_epoch}: must be >= 1")

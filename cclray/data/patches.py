@@ -9,7 +9,8 @@ Sampling: a *visit* picks a subject, a region centre (foreground with probabilit
 and reads a region of ``patch_size * region_factor`` voxels once (image, mask, constraint), then
 cuts ``patches_per_volume`` patches from it, each centred on a region foreground voxel with
 probability ``fg_fraction``, else uniform; boxes are clamped inside the volume and padded (zeros,
-mask 0) only where the volume is smaller than the patch.
+mask 0) only where the volume is smaller than the patch. With ``patch.augment`` and a rotation or scale, region
+and box grow by the margin the affine needs on each side (:mod:`cclray.data.augmentation`).
 
 No store handle is opened in ``__init__``: the reader opens lazily in the process that iterates
 (each DataLoader worker; forkserver start, zarr/fsspec/tensorstore are not fork-safe).
@@ -27,6 +28,7 @@ from cclray.config import PatchConfig
 from data_prep.config import ConfigError
 from data_prep.schema import canonical_contrast, channel_index
 
+from .augmentation import affine_margin, augment
 from .sampling import (
     box_around,
     choose_centre,
@@ -72,6 +74,8 @@ class PatchDataset(torch.utils.data.IterableDataset):
                               f"{self.world_size}: raise samples_per_epoch to at least the number of workers")
         self._in_idx = [channel_index(c) for c in self.inputs]
         self._tgt_idx = [channel_index(c) for c in self.targets]
+        # voxels read on each side of a patch for the rotation/scale (0 without them)
+        self._margin = affine_margin(cfg.patch_size, cfg.rotate_deg, cfg.scale) if cfg.augment else (0, 0, 0)
         # The epoch lives in shared memory so persistent DataLoader workers see set_epoch().
         self._epoch = int(epoch)
         self._shared_epoch = multiprocessing.get_context("spawn").RawValue("q", int(epoch))
@@ -138,27 +142,32 @@ class PatchDataset(torch.utils.data.IterableDataset):
             sid = subjects[order.pop()]
             shape, fg = self._subject(sid)
             centre = choose_centre(rng, shape, fg, cfg.fg_fraction)
-            rbox = box_around(centre, shape,
-                              region_size(cfg.patch_size, shape, cfg.patches_per_volume, cfg.region_factor))
+            rbox = box_around(centre, shape, region_size(cfg.patch_size, shape, cfg.patches_per_volume,
+                                                         cfg.region_factor, self._margin))
             image = reader.read(sid, "image", rbox)  # (4, rx, ry, rz), as stored (float16)
             mask = reader.read(sid, "mask", rbox).astype(bool)  # (rx, ry, rz)
             labels = reader.read(sid, f"constraint/{self.constraint}", rbox) if self.constraint else None
             rfg = np.flatnonzero(mask)
+            source = tuple(p + 2 * g for p, g in zip(cfg.patch_size, self._margin))  # patch + margin
             for _ in range(min(cfg.patches_per_volume, count - emitted)):
                 local = choose_centre(rng, mask.shape, rfg, cfg.fg_fraction)
-                pbox = box_around(local, mask.shape, cfg.patch_size)
+                pbox = box_around(local, mask.shape, source)
                 yield self._sample(rng, sid, image, mask, labels, pbox)
                 emitted += 1
 
     def _sample(self, rng, sid, image, mask, labels, pbox) -> dict:
-        p = self.cfg.patch_size
+        cfg = self.cfg
+        p = tuple(q + 2 * g for q, g in zip(cfg.patch_size, self._margin))  # the patch, or its source box
         img = cut(image, pbox, p).astype(np.float32)  # (4, px, py, pz)
         m = cut(mask, pbox, p, fill=False)
         x = img[self._in_idx]
         y = img[self._tgt_idx] if self.targets else None
         k = cut(labels, pbox, p).astype(np.int64) if labels is not None else None
-        if self.cfg.augment:
-            x, y, m, k = augment(rng, x, y, m, k)
+        if cfg.augment:
+            valid = None  # where the volume is smaller than the source box: its real voxels, not the padding
+            if any(b - a < q for (a, b), q in zip(pbox, p)):
+                valid = cut(np.ones([b - a for a, b in pbox], bool), tuple((0, b - a) for a, b in pbox), p, fill=False)
+            x, y, m, k = augment(rng, x, y, m, k, cfg.rotate_deg, cfg.scale, cfg.patch_size, valid)
         out = {"input": torch.from_numpy(np.ascontiguousarray(x)), "mask": torch.from_numpy(np.ascontiguousarray(m))}
         if y is not None:
             out["target"] = torch.from_numpy(np.ascontiguousarray(y))
@@ -166,21 +175,6 @@ class PatchDataset(torch.utils.data.IterableDataset):
             out["constraint"] = torch.from_numpy(np.ascontiguousarray(k))
         out["sid"] = sid
         return out
-
-
-def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray | None, m: np.ndarray,
-            k: np.ndarray | None):
-    """Random flips of the 3 spatial axes, the same for input ``x`` ``(C, X, Y, Z)``, target ``y``
-    ``(T, X, Y, Z)``, mask ``m`` and constraint ``k`` ``(X, Y, Z)``. Intensities are never changed: the network
-    maps input intensities to target intensities, and a change of the inputs alone would teach it to ignore
-    what it must map (docs/METHOD.md)."""
-    for axis in range(3):
-        if rng.random() < 0.5:
-            x = np.flip(x, axis + 1)
-            y = np.flip(y, axis + 1) if y is not None else None
-            m = np.flip(m, axis)
-            k = np.flip(k, axis) if k is not None else None
-    return x, y, m, k
 
 
 def make_loader(dataset: PatchDataset, cfg: PatchConfig) -> torch.utils.data.DataLoader:

@@ -76,11 +76,13 @@ def box_around(centre, shape, size) -> Box:
     return tuple(box)
 
 
-def region_size(patch_size, shape, patches_per_volume: int, region_factor: float) -> tuple[int, ...]:
+def region_size(patch_size, shape, patches_per_volume: int, region_factor: float,
+                margin=(0, 0, 0)) -> tuple[int, ...]:
     """Edge of the region read once per visit: the patch itself for one patch a visit, else the
-    patch times ``region_factor``; never more than the volume."""
+    patch times ``region_factor``, plus ``margin`` voxels on each side (the augmentation's); never
+    more than the volume."""
     factor = 1.0 if patches_per_volume <= 1 else region_factor
-    return tuple(min(int(np.ceil(p * factor)), int(s)) for p, s in zip(patch_size, shape))
+    return tuple(min(int(np.ceil(p * factor)) + 2 * int(g), int(s)) for p, s, g in zip(patch_size, shape, margin))
 
 
 def cut(arr: np.ndarray, box: Box, size, fill=0) -> np.ndarray:

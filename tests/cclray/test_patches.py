@@ -141,7 +141,7 @@ def test_deterministic_per_seed_and_epoch(tiny):
 
 def test_flips_keep_input_target_mask_constraint_aligned(tiny):
     flipped = np.zeros(3, int)
-    for s in _dataset(tiny, samples_per_epoch=48, fg_fraction=1.0, augment=True):
+    for s in _dataset(tiny, samples_per_epoch=48, fg_fraction=1.0, augment=True, rotate_deg=0.0, scale=(1.0, 1.0)):
         x, y, m, k = (s[key].numpy() for key in ("input", "target", "mask", "constraint"))
         r = y[0]
         assert np.array_equal(y[1], 3 * r) and np.array_equal(k, r.astype(np.int64))
@@ -155,6 +155,38 @@ def test_flips_keep_input_target_mask_constraint_aligned(tiny):
             assert inner.size and (np.all(inner == step) or np.all(inner == -step))
             flipped[axis] += inner[0] < 0
     assert np.all((flipped > 0) & (flipped < 48))  # each axis flipped sometimes, not always
+
+
+def test_rotation_and_scale_keep_input_target_mask_constraint_aligned(tiny, monkeypatch):
+    """augment with the default rotation (15 deg) and scale (0.95-1.05): the region read grows by the margin,
+    the channels keep their ratios (one linear transform), labels stay in the stored set, the mask is the
+    nearest-neighbour one, and patches are really rotated or scaled (non-integer ramp values)."""
+    from data_prep.reader import PatchReader
+
+    boxes = []
+    real = PatchReader.read
+    monkeypatch.setattr(PatchReader, "read", lambda self, sid, name, box=None:
+                        (boxes.append(box) if name == "image" else None) or real(self, sid, name, box))
+    stored = set(np.unique(_ramp(SHAPE).astype(np.uint8))) | {0}
+    off_grid = 0
+    for s in _dataset(tiny, samples_per_epoch=12, fg_fraction=1.0, augment=True):
+        x, y, m, k = (s[key].numpy() for key in ("input", "target", "mask", "constraint"))
+        assert x.shape == (2, 8, 8, 8) and m.shape == k.shape == (8, 8, 8)
+        r = y[0]
+        np.testing.assert_allclose(x[0], r, rtol=1e-5, atol=1e-4)  # t1gd == t1w
+        np.testing.assert_allclose(x[1], 2 * r, rtol=1e-5, atol=1e-4)  # flair == 2 t1w
+        np.testing.assert_allclose(y[1], 3 * r, rtol=1e-5, atol=1e-4)  # t2w == 3 t1w
+        assert set(np.unique(k)) <= stored and m.any()
+        assert np.array_equal(m[k > 0], np.ones(int((k > 0).sum()), bool))  # labels > 0 only inside the mask
+        off_grid += np.abs(r - np.round(r)).max() > 1e-3
+    assert off_grid >= 10
+    assert all(b - a == 14 for box in boxes for a, b in box)  # 8 + 2 * 3 margin voxels read, not 8
+    # a volume (20, 24, 18) smaller than the source box (26^3) of a 16^3 patch: padded, still consistent
+    # (test_augment.py::test_padding_is_left_out_of_the_mask checks the mask there)
+    for s in _dataset(tiny, patch_size=(16, 16, 16), samples_per_epoch=4, augment=True):
+        x, y, m = s["input"].numpy(), s["target"].numpy(), s["mask"].numpy()
+        assert x.shape == (2, 16, 16, 16) and m.any()
+        np.testing.assert_allclose(y[1], 3 * y[0], rtol=1e-5, atol=1e-4)
 
 
 def test_default_batches_mix_subjects_and_do_not_augment(tiny):
