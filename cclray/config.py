@@ -6,6 +6,7 @@ nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``los
 :class:`PretrainConfig` / :class:`FinetuneConfig` adding their own)::
 
     store, split                       the Zarr store and its training split
+    extra                              more stores to draw training patches from (ExtraSource: store, split, weight)
     model.inputs, model.targets, model.widths, model.groups, model.proj_dim, model.proj_stride,
     model.act, model.down, model.up    the 3D encoder-decoder and its heads
     loss.n_anchors, loss.top_k, loss.temperature, loss.self_positive, loss.l1_weight, loss.ssim_weight
@@ -17,6 +18,10 @@ nested groups are :class:`ModelConfig` (``model.*``), :class:`LossConfig` (``los
     keep_checkpoints, num_workers, use_gpu, cpus_per_worker
     constraint                         (pretrain) the store's constraint map
     init, val_split, val_every, val_samples, probe    (finetune)
+
+Several stores: ``extra`` lists more (store, split) sources, e.g. a phantom cohort next to the real store's
+pretrain split; patches then come from every subject of every source in one shuffled order
+(:mod:`cclray.data.sources` opens and cross-checks them before training).
 
 Each stage turns its plain dict (Ray's ``train_loop_config``, a checkpoint's JSON, a Tune trial) into
 one of these at once: an unknown key is an error naming the close match (``FrozenConfig``), not a silent
@@ -186,6 +191,50 @@ class PatchConfig(FrozenConfig):
 
 
 
+# ---------------------------------------------------------------------------------------- extra.*
+@dataclass(frozen=True)
+class ExtraSource(FrozenConfig):
+    """One more store to draw training patches from (an entry of a stage config's ``extra``).
+
+    Written as a mapping ``{"store": URL, "split": "a,b", "weight": 1.0}`` or as the string
+    ``"URL#SPLIT[,SPLIT]"`` (``--extra-store``, ``--set extra='["URL#SPLIT"]'``). Sampling is per subject:
+    each pass over the subjects visits every subject of every source once, in one shuffled order, so with
+    ``weight`` 1 a source's share of the patches is its share of the subjects (80 phantom + 7 real subjects:
+    92 % phantom). ``weight`` = w visits each subject of this source w times a pass on average (the whole part
+    always, the fraction by chance): 80 phantom subjects at w = 7/80 weigh as much as 7 real ones in the main
+    store.
+    """
+
+    store: str = ""  # URL or path of a cclray Zarr store
+    split: str = ""  # its split(s), joined by ","
+    weight: float = 1.0  # visits of each of its subjects per pass, relative to the main store's (1 each)
+
+    @classmethod
+    def from_dict(cls, data, where: str = "") -> "ExtraSource":
+        if isinstance(data, str):
+            data = cls.parse(data, where)
+        return super().from_dict(data, where)
+
+    @staticmethod
+    def parse(text: str, where: str = "") -> dict:
+        """``"URL#SPLIT[,SPLIT]"`` -> ``{"store": URL, "split": SPLIT}`` (a ConfigError naming the form)."""
+        store, sep, split = str(text).rpartition("#")
+        require(bool(sep) and bool(store.strip()) and bool(split.strip()),
+                f"{where.rstrip('.') or 'extra'} entry {text!r}: write STORE#SPLIT[,SPLIT], e.g. /data/phantom.zarr#pretrain "
+                "(the store and which of its splits to train on)")
+        return {"store": store.strip(), "split": split.strip()}
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.split.split(",") if s.strip())
+
+    def validate(self) -> None:
+        require(bool(self.store), "ExtraSource.store is empty: give the URL or path of a `cclray prep` store")
+        require(bool(self.splits), f"ExtraSource.split is empty: name a split of {self.store}, e.g. 'pretrain'")
+        require(self.weight > 0, f"ExtraSource.weight={self.weight} must be > 0 (1 = by size; leave the "
+                                 "source out instead of weight 0)")
+
+
 # ---------------------------------------------------------------------------------------- the stages
 @dataclass(frozen=True)
 class StageConfig(FrozenConfig):
@@ -193,6 +242,7 @@ class StageConfig(FrozenConfig):
 
     store: str = ""  # URL or path of the cclray Zarr store (`cclray prep ... --out STORE`)
     split: str = ""  # training split of the store; several joined by "," ("pretrain,finetune": their union)
+    extra: tuple[ExtraSource, ...] = ()  # more (store, split) sources of training patches, e.g. a phantom cohort
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)

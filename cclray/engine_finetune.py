@@ -15,7 +15,7 @@ from torch import nn
 from cclray.checkpoint import load_checkpoint
 from cclray.config import FinetuneConfig
 from cclray.data import PatchDataset, make_loader
-from cclray.data.patches import check_patch_fits
+from cclray.data.sources import training_sources
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything, to_device
 from cclray.losses import SynthesisLoss, ssim_map
 from cclray.models import build_synthesizer, transfer_pretrained
@@ -27,14 +27,12 @@ VAL_SEED_OFFSET = 7919  # validation patches never coincide with training draws
 
 
 def finetune_dataset(cfg: FinetuneConfig, ctx: TrainContext) -> PatchDataset:
-    """This rank's patches of the finetune split: input ``(C_in, p, p, p)``, target ``(T, p, p, p)``, mask."""
-    from data_prep.store import Store
-
-    store = Store(cfg.store)
-    subjects = [sid for split in cfg.splits for sid in store.subjects(split)]  # "pretrain,finetune": the union
-    check_patch_fits(store, subjects, cfg.patch.patch_size)
-    return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
-                        targets=cfg.model.targets, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
+    """This rank's patches of the finetune split(s) (and of ``cfg.extra``'s stores): input ``(C_in, p, p, p)``,
+    target ``(T, p, p, p)``, mask. Every store is checked first (:func:`cclray.data.sources.training_sources`)."""
+    main, *extra = training_sources(cfg)  # "pretrain,finetune": the union of the main store's splits
+    return PatchDataset(main.url, list(main.subjects), cfg.patch_for(ctx.world_size), cfg.model.inputs,
+                        targets=cfg.model.targets, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
+                        extra=tuple(extra))
 
 
 def validation_batches(cfg: FinetuneConfig, ctx: TrainContext) -> list[dict]:

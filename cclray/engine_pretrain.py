@@ -12,7 +12,7 @@ from torch import nn
 
 from cclray.config import PretrainConfig
 from cclray.data import PatchDataset
-from cclray.data.patches import check_patch_fits
+from cclray.data.sources import training_sources
 from cclray.engine import Stage, TrainContext, run_stage, seed_everything
 from cclray.losses import CCLLoss
 from cclray.models import build_ccl_net
@@ -21,16 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def pretrain_dataset(cfg: PretrainConfig, ctx: TrainContext) -> PatchDataset:
-    """This rank's patches of the pretrain split: input ``(C_in, p, p, p)``, mask, constraint labels."""
-    from data_prep.constraint import check_constraint
-    from data_prep.store import Store
-
-    store = Store(cfg.store)
-    subjects = store.subjects(cfg.split)
-    check_constraint(store, cfg.constraint, subjects)
-    check_patch_fits(store, subjects, cfg.patch.patch_size)
-    return PatchDataset(cfg.store, subjects, cfg.patch_for(ctx.world_size), cfg.model.inputs,
-                        constraint=cfg.constraint, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed)
+    """This rank's patches of the pretrain split (and of ``cfg.extra``'s stores): input ``(C_in, p, p, p)``,
+    mask, constraint labels. Every store is checked first (:func:`cclray.data.sources.training_sources`)."""
+    main, *extra = training_sources(cfg)
+    return PatchDataset(main.url, list(main.subjects), cfg.patch_for(ctx.world_size), cfg.model.inputs,
+                        constraint=cfg.constraint, rank=ctx.rank, world_size=ctx.world_size, seed=cfg.seed,
+                        extra=tuple(extra))
 
 
 def run_pretrain(cfg: PretrainConfig, ctx: TrainContext) -> dict:

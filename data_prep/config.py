@@ -119,8 +119,8 @@ class FrozenConfig:
             v = getattr(self, f.name)
             if isinstance(v, FrozenConfig):
                 v = v.to_dict()
-            elif isinstance(v, tuple):
-                v = list(v)
+            elif isinstance(v, tuple):  # of values or of configs (e.g. a stage config's ``extra``)
+                v = [x.to_dict() if isinstance(x, FrozenConfig) else x for x in v]
             out[f.name] = v
         return out
 

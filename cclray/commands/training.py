@@ -4,7 +4,8 @@ subcommand of its own: :mod:`cclray.commands.pretrain` and :mod:`cclray.commands
 
 Config precedence, lowest first: the stage's defaults < the run's own ``config.json`` (with
 ``--resume`` only) < ``--config FILE.json`` < ``--set key=value`` (in order) < explicit flags
-(``--store``, ``--epochs``, ``--steps``, ``--workers``, ``--gpus``, ``--constraint``, ``--init/--scratch``).
+(``--store``, ``--extra-store``, ``--epochs``, ``--steps``, ``--workers``, ``--gpus``, ``--constraint``,
+``--init/--scratch``).
 Nothing heavy (torch, ray, zarr) is imported at module level.
 """
 from __future__ import annotations
@@ -42,6 +43,11 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
                             help="training split(s) of the store, comma-separated (default: the config's, "
                                  f"{d.split!r}); `--scratch --splits pretrain,finetune` is the supervised-all "
                                  "ceiling (every subject with real targets)")
+    parser.add_argument("--extra-store", action="append", default=None, metavar="STORE#SPLIT[,SPLIT]",
+                        help="also train on these subjects of another store (repeatable; the config key `extra`, "
+                             "whose mapping form {store, split, weight} sets a weight): every subject of every "
+                             "store once a pass, so the bigger cohort's share is its size; the stores must agree "
+                             "on channels, spacing and (pretrain) the constraint map")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help=f"Ray Train workers (DDP ranks; default: config's num_workers, {d.num_workers})")
     parser.add_argument("--gpus", action="store_true", help="one GPU per worker")
@@ -130,6 +136,8 @@ def flag_values(args: argparse.Namespace, stage: str) -> dict:
             values[key] = getattr(args, flag)
     if args.gpus:
         values["use_gpu"] = True
+    if getattr(args, "extra_store", None):
+        values["extra"] = list(args.extra_store)
     if stage == "finetune":
         if getattr(args, "scratch", False):
             values["init"] = None
@@ -143,6 +151,17 @@ def _absolute(path: str | None) -> str | None:
     if not path or "://" in path:
         return path
     return str(Path(path).expanduser().resolve())
+
+
+def _absolute_source(entry):
+    """An ``extra`` entry with its store made absolute (a string entry parsed to its mapping first)."""
+    from cclray.config import ExtraSource
+
+    if isinstance(entry, str):
+        entry = ExtraSource.parse(entry)
+    if isinstance(entry, dict) and isinstance(entry.get("store"), str):
+        entry = {**entry, "store": _absolute(entry["store"])}
+    return entry
 
 
 def config_dict(args: argparse.Namespace, stage: str) -> dict:
@@ -161,6 +180,8 @@ def config_dict(args: argparse.Namespace, stage: str) -> dict:
     for key in ("store", "init"):
         if isinstance(data.get(key), str):
             data[key] = _absolute(data[key])
+    if isinstance(data.get("extra"), (list, tuple)):  # "URL#SPLIT" entries as mappings, local paths absolute
+        data["extra"] = [_absolute_source(e) for e in data["extra"]]
     return data
 
 
@@ -171,21 +192,20 @@ def build_config(args: argparse.Namespace, stage: str):
 
 
 def preflight(cfg) -> None:
-    """Cheap checks before Ray starts: the store opens, its splits exist and are not empty, the
-    constraint map (pretrain) exists, ``init`` (finetune) is a pretrain run or checkpoint."""
+    """Cheap checks before Ray starts: the store and every ``extra`` store open, their splits exist and are
+    not empty, they agree on channels and spacing, the constraint map (pretrain) is in each of them,
+    ``init`` (finetune) is a pretrain run or checkpoint."""
     from cclray.checkpoint import CheckpointError, read_meta
+    from cclray.data.sources import training_sources
     from cclray.runs import find_checkpoint
-    from data_prep.constraint import check_constraint
     from data_prep.store import Store
 
-    store = Store(cfg.store)
-    splits = list(cfg.splits) + ([cfg.val_split] if getattr(cfg, "val_split", None) else [])
-    for split in splits:
-        if not store.subjects(split):
-            raise ConfigError(f"split {split!r} of {cfg.store} is empty: re-run `cclray prep` with "
-                              f"--splits giving it subjects, or pick another split (--set split=...)")
-    if cfg.stage == "pretrain":
-        check_constraint(store, cfg.constraint, store.subjects(cfg.split))
+    training_sources(cfg, check_patches=False)  # every store and split, their channels, spacing, constraint map
+    if getattr(cfg, "val_split", None):
+        store = Store(cfg.store)
+        if not store.subjects(cfg.val_split):
+            raise ConfigError(f"split {cfg.val_split!r} of {cfg.store} is empty: re-run `cclray prep` with "
+                              f"--splits giving it subjects, or pick another split (--set val_split=...)")
     if getattr(cfg, "init", None):
         ckpt = find_checkpoint(cfg.init, "latest")
         found = read_meta(ckpt).get("stage")
@@ -230,6 +250,7 @@ def run_stage_command(args: argparse.Namespace, stage: str) -> int:
     init = getattr(cfg, "init", "") if stage == "finetune" else ""
     print(f"cclray {stage}: {cfg.num_workers} worker(s){' with GPUs' if cfg.use_gpu else ''}, "
           f"{cfg.epochs} epoch(s) x {cfg.steps_per_epoch} step(s), store {cfg.store}"
+          + "".join(f" + {e.store}#{e.split}" for e in cfg.extra)
           + (f", init {init or 'scratch (random weights)'}" if stage == "finetune" else "")
           + f", run {out}", flush=True)
     with epoch_progress(out, stage, cfg.epochs, poll_s=1.0 if is_local(out) else 10.0):  # a GET a poll on S3

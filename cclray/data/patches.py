@@ -1,5 +1,10 @@
 """Streaming random 3D patches from a cclray Zarr store: a torch ``IterableDataset`` and its loader.
 
+Several stores (a stage config's ``extra``, resolved by :func:`cclray.data.sources.training_sources`): the
+subjects of every store form one list of ``(store, subject)`` items, sharded and shuffled as one cohort; each
+pass visits every item once (``weight`` w of a store: w times on average), so with weight 1 a store's share of
+the patches is its share of the subjects.
+
 Sharding: subjects (not patches) are split across ranks (:func:`shard_subjects`), then across the
 DataLoader workers of a rank; each rank yields ``samples_per_epoch // world_size`` samples an epoch,
 dealt to its workers in whole batches, so every rank takes the same number of optimizer steps.
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from cclray.config import PatchConfig
+from cclray.data.sources import Source
 from data_prep.config import ConfigError
 from data_prep.schema import canonical_contrast, channel_index
 
@@ -34,6 +40,7 @@ from .sampling import (
     choose_centre,
     cut,
     foreground_sample,
+    pass_visits,
     region_size,
     shard_subjects,
     subject_seed,
@@ -44,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class PatchDataset(torch.utils.data.IterableDataset):
-    """Random patches of ``subjects`` of the store at ``store_url``, this rank's share of them.
+    """Random patches of ``subjects`` of the store at ``store_url`` (and of the ``extra`` sources), this
+    rank's share of them.
 
     Yields one dict a sample (the DataLoader batches them):
       ``"input"``  float32 ``(len(inputs), px, py, pz)`` — the ``inputs`` contrasts, normalized;
@@ -52,22 +60,26 @@ class PatchDataset(torch.utils.data.IterableDataset):
       ``"mask"``   bool ``(px, py, pz)`` — brain mask (False in padding);
       ``"constraint"`` int64 ``(px, py, pz)`` — cluster labels of store array
       ``constraint/<constraint>`` (only when ``constraint`` is given);
-      ``"sid"``    str — the subject id.
+      ``"sid"``    str — the subject id (``extra<i>/<id>`` for a subject of ``extra[i - 1]``: ids are unique
+      only within a store).
     """
 
     def __init__(self, store_url: str, subjects: list[str], cfg: PatchConfig, inputs: tuple[str, ...],
                  targets: tuple[str, ...] = (), constraint: str | None = None,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0):
+                 rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0, extra: tuple[Source, ...] = ()):
         super().__init__()
         if not inputs:
             raise ConfigError("PatchDataset needs at least one input contrast, e.g. inputs=('t1gd', 'flair')")
         self.store_url = str(store_url)
+        self.urls = [self.store_url, *(str(x.url) for x in extra)]  # store i of the (i, sid) items
+        self.weights = [1.0, *(float(x.weight) for x in extra)]
         self.inputs = tuple(canonical_contrast(c) for c in inputs)
         self.targets = tuple(canonical_contrast(c) for c in targets)
         self.constraint = constraint
         self.cfg = cfg
         self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
-        self.subjects = shard_subjects(list(subjects), self.rank, self.world_size)  # validates rank/world
+        items = [(0, sid) for sid in subjects] + [(i, sid) for i, x in enumerate(extra, 1) for sid in x.subjects]
+        self.items = shard_subjects(items, self.rank, self.world_size)  # validates rank/world
         self.n_rank = cfg.samples_per_epoch // self.world_size
         if self.n_rank < 1:
             raise ConfigError(f"PatchConfig.samples_per_epoch={cfg.samples_per_epoch} < world_size="
@@ -79,8 +91,17 @@ class PatchDataset(torch.utils.data.IterableDataset):
         # The epoch lives in shared memory so persistent DataLoader workers see set_epoch().
         self._epoch = int(epoch)
         self._shared_epoch = multiprocessing.get_context("spawn").RawValue("q", int(epoch))
-        self._reader = None  # opened lazily where iterated
-        self._fg: dict[str, tuple[tuple[int, ...], np.ndarray]] = {}  # sid -> (shape, fg flat idx)
+        self._readers: dict = {}  # store index -> PatchReader, opened lazily where iterated
+        self._fg: dict[tuple[int, str], tuple[tuple[int, ...], np.ndarray]] = {}  # item -> (shape, fg flat idx)
+
+    @property
+    def subjects(self) -> list[str]:
+        """This rank's subjects, as the samples' ``"sid"`` names them."""
+        return [self.label(item) for item in self.items]
+
+    @staticmethod
+    def label(item: tuple[int, str]) -> str:
+        return item[1] if item[0] == 0 else f"extra{item[0]}/{item[1]}"
 
     # ---------------------------------------------------------------- epoch and pickling
     @property
@@ -99,48 +120,52 @@ class PatchDataset(torch.utils.data.IterableDataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_reader"], state["_fg"] = None, {}  # never ship open handles to another process
+        state["_readers"], state["_fg"] = {}, {}  # never ship open handles to another process
         if multiprocessing.context.get_spawning_popen() is None:  # plain pickle, not a worker start
             state["_epoch"], state["_shared_epoch"] = self.epoch, None
         return state
 
     # ---------------------------------------------------------------- reading
-    def _open(self):
-        if self._reader is None:
+    def _open(self, store: int = 0):
+        if store not in self._readers:
             from data_prep.reader import PatchReader
 
-            self._reader = PatchReader(self.store_url)
-        return self._reader
+            self._readers[store] = PatchReader(self.urls[store])
+        return self._readers[store]
 
-    def _subject(self, sid: str) -> tuple[tuple[int, ...], np.ndarray]:
-        """Cropped shape and a foreground sample of ``sid`` (whole mask read once per process)."""
-        if sid not in self._fg:
-            reader = self._open()
-            mask = reader.read(sid, "mask")
+    def _subject(self, item: tuple[int, str]) -> tuple[tuple[int, ...], np.ndarray]:
+        """Cropped shape and a foreground sample of ``item`` = (store, sid) (whole mask read once per process)."""
+        if item not in self._fg:
+            store, sid = item
+            mask = self._open(store).read(sid, "mask")
             fg = foreground_sample(mask, subject_seed(self.seed, sid))
             if fg.size == 0:
                 log.warning("subject %s of %s has an empty brain mask: its patches are uniform", sid,
-                            self.store_url)
-            self._fg[sid] = (tuple(int(s) for s in mask.shape), fg)
-        return self._fg[sid]
+                            self.urls[store])
+            self._fg[item] = (tuple(int(s) for s in mask.shape), fg)
+        return self._fg[item]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        subjects = shard_subjects(self.subjects, wid, n_workers)  # then across this rank's workers
+        items = shard_subjects(self.items, wid, n_workers)  # then across this rank's workers
         count = worker_count(self.n_rank, n_workers, wid, self.cfg.batch_size)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
-        return self._samples(rng, subjects, count)
+        return self._samples(rng, items, count)
 
-    def _samples(self, rng: np.random.Generator, subjects: list[str], count: int):
-        cfg, reader = self.cfg, self._open()
+    def _samples(self, rng: np.random.Generator, items: list[tuple[int, str]], count: int):
+        cfg = self.cfg
         order: list[int] = []
+        visits: list[tuple[int, str]] = []
         emitted = 0
         while emitted < count:
-            if not order:  # visit every subject of the shard once before repeating any
-                order = list(rng.permutation(len(subjects)))
-            sid = subjects[order.pop()]
-            shape, fg = self._subject(sid)
+            if not order:  # visit every subject of the shard once (its store's weight times) before repeating any
+                visits = pass_visits(rng, items, [self.weights[i] for i, _ in items])
+                order = list(rng.permutation(len(visits)))
+            item = visits[order.pop()]
+            store, sid = item
+            reader = self._open(store)
+            shape, fg = self._subject(item)
             centre = choose_centre(rng, shape, fg, cfg.fg_fraction)
             rbox = box_around(centre, shape, region_size(cfg.patch_size, shape, cfg.patches_per_volume,
                                                          cfg.region_factor, self._margin))
@@ -152,7 +177,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
             for _ in range(min(cfg.patches_per_volume, count - emitted)):
                 local = choose_centre(rng, mask.shape, rfg, cfg.fg_fraction)
                 pbox = box_around(local, mask.shape, source)
-                yield self._sample(rng, sid, image, mask, labels, pbox)
+                yield self._sample(rng, self.label(item), image, mask, labels, pbox)
                 emitted += 1
 
     def _sample(self, rng, sid, image, mask, labels, pbox) -> dict:
@@ -189,18 +214,3 @@ def make_loader(dataset: PatchDataset, cfg: PatchConfig) -> torch.utils.data.Dat
         kwargs = {"multiprocessing_context": "forkserver", "persistent_workers": True, "prefetch_factor": 2}
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(), **kwargs)
-
-
-def check_patch_fits(store, subjects: list[str], patch_size, key: str = "patch.patch_size") -> None:
-    """Refuse a patch larger than *every* subject of ``subjects`` along some axis (every patch would
-    then be mostly padding: the config was written for another resolution). Patches larger than
-    only some subjects are fine; those are padded (see the module docstring). ``store``: a
-    :class:`data_prep.store.Store`; subject shapes come from its attrs (no array read)."""
-    shapes = [tuple(store.subject_attrs(sid)["shape"]) for sid in subjects]
-    if not shapes:
-        return
-    largest = tuple(max(s[a] for s in shapes) for a in range(3))
-    if any(p > m for p, m in zip(patch_size, largest)):
-        raise ConfigError(f"{key}={list(patch_size)} is larger than every subject of {store.url} along some "
-                          f"axis (largest cropped shape {list(largest)}): use a patch_size <= {list(largest)} "
-                          f"(multiples of the network stride), or prepare the store at a finer spacing")

@@ -17,8 +17,10 @@ Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 FG_SAMPLE = 16384
 
 
-def shard_subjects(subjects: list[str], rank: int, world_size: int) -> list[str]:
-    """The subjects of ``rank`` among ``world_size``: ``subjects[rank::world_size]``.
+def shard_subjects(subjects: list, rank: int, world_size: int) -> list:
+    """The subjects of ``rank`` among ``world_size``: ``subjects[rank::world_size]`` (ids, or the
+    ``(store, id)`` items of several stores: the same rule, so ranks stay disjoint and each gets its share
+    of every store that has at least ``world_size`` subjects).
 
     Subjects, not patches, are split (each rank reads only its own). With fewer subjects than
     ranks, ranks share round-robin: rank ``r`` gets ``[subjects[r % n]]``, one subject each, so
@@ -31,6 +33,18 @@ def shard_subjects(subjects: list[str], rank: int, world_size: int) -> list[str]
     if len(subjects) < world_size:
         return [subjects[rank % len(subjects)]]
     return list(subjects[rank::world_size])
+
+
+def pass_visits(rng: np.random.Generator, items: list, weights: list[float]) -> list:
+    """One pass over ``items``: item ``j`` ``weights[j]`` times, the whole part always and the fraction by
+    chance; never empty (a pass with no visit is drawn again). Whole weights draw nothing from ``rng``, so
+    weights of 1 give ``items`` itself and one store samples as it always did."""
+    if all(float(w).is_integer() for w in weights):
+        return [it for it, w in zip(items, weights) for _ in range(int(w))]
+    while True:
+        out = [it for it, w in zip(items, weights) for _ in range(int(w) + int(rng.random() < w - int(w)))]
+        if out:
+            return out
 
 
 def worker_count(n: int, parts: int, index: int, batch_size: int) -> int:
