@@ -18,7 +18,8 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
 5. **Receive field**: one coil sensitivity per session, shared by the four contrasts (a smooth field,
    +-10-20 %), times a small per-contrast part (+-1-3 %: different coil loading and calibration per
    sequence). A shared field is what a real array coil gives; v1's independent fields were a
-   nuisance no model could learn.
+   nuisance no model could learn. T2w has its own larger non-uniformity on top (``Parts.t2w_bias``,
+   :func:`t2w_bias`).
 6. **Acquisition resolution**: many clinical T2w, FLAIR and pre-contrast T1w are 2D multi-slice scans
    with 3-6 mm slices (T1Gd mostly 3D, 1 mm), resampled to the 1 mm atlas grid: each contrast of a
    subject is, with a per-contrast probability, blurred across its slices (Gaussian, FWHM the slice
@@ -75,6 +76,7 @@ class Parts:
     misregistration: bool = True
     thick_misregistration: bool = True  # 2D contrasts: up to half a slice across their slices
     mprage_post: float = MPRAGE_POST  # probability that T1Gd is an MPRAGE (0: T1Gd repeats the T1w sequence)
+    t2w_bias: bool = True  # a T2w-only smooth non-uniformity (t2w_bias)
     prevalence: dict = field(default_factory=lambda: dict(PREVALENCE))
 
     @classmethod
@@ -104,6 +106,28 @@ def receive_field(rng: np.random.Generator, brain) -> np.ndarray:
     shared = 1.0 + float(rng.uniform(0.10, 0.20)) * f[0]
     own = 1.0 + rng.uniform(0.01, 0.03, len(CONTRASTS)).astype(np.float32)[:, None] * f[1:]
     return (shared[None, :] * own).astype(np.float32)
+
+
+#: T2w-only non-uniformity: max |deviation| over the brain, uniform per subject, and its control spacing (mm)
+T2W_BIAS: tuple[float, float] = (0.15, 0.35)
+T2W_BIAS_CTRL_MM: tuple[float, float] = (50.0, 80.0)
+
+
+def t2w_bias(rng: np.random.Generator, brain) -> np.ndarray:
+    """``(V,)`` multiplicative non-uniformity of the T2w alone: a smooth field, max +-15-35 % over the brain.
+
+    Why: the shared receive field is what the coil gives every series alike, but the T2w is the series
+    whose intensity non-uniformity real cohorts show strongest and least like the others'. Sites set the
+    scanner's coil-intensity normalisation (prescan normalise) per series, so a T2w may keep an array
+    coil's receive profile (cortex up to twice as bright as the centre) that the others had removed, or
+    the reverse; and it is a long echo train of refocusing pulses whose echo amplitudes follow the local
+    transmit field B1+ (at 3 T the head's dielectric pattern brightens its centre by 10-30 %), which the
+    gradient-echo T1 sequences feel far less (FLAIR's own share is in the per-contrast part of
+    :func:`receive_field`). BraTS ships its volumes without bias correction, so a model meets a T2w-only
+    field it cannot see on T1Gd or FLAIR."""
+    f = _fields_on_brain(rng, brain, 1, ctrl_mm=float(rng.uniform(*T2W_BIAS_CTRL_MM)))[0]
+    f /= max(float(np.abs(f).max()), 1e-6)
+    return (1.0 + float(rng.uniform(*T2W_BIAS)) * f).astype(np.float32)
 
 
 def texture(rng: np.random.Generator, brain) -> tuple[np.ndarray, float, float]:
@@ -178,7 +202,8 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     (protocol, lesion kinds placed, slices, noise sd as a fraction of each contrast's mean) and, with ``return_tissue``, v2's compartments in ``tissue``."""
     parts = parts or Parts()
     ss = np.random.SeedSequence(int(seed))
-    anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss, misreg_ss = ss.spawn(9)
+    (anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss, misreg_ss,
+     t2bias_ss) = ss.spawn(10)
     rng = np.random.default_rng(anatomy)
     brain = warped_brain(rng, spacing)
     lesion = grow_lesion(rng, brain.out_mm, brain.tpl_mm, brain.wm, spacing)
@@ -213,6 +238,8 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
         clean[:, idx] += frac[name][idx] * signals(t.pd, t1, t2, t.gd, protocol)
     if parts.receive:
         clean *= receive_field(np.random.default_rng(receive_ss), brain)
+    if parts.t2w_bias:
+        clean[CONTRASTS.index("t2w")] *= t2w_bias(np.random.default_rng(t2bias_ss), brain)
     slices = slice_blur(np.random.default_rng(slices_ss), brain, clean,
                         ("t1gd",) if protocol.gd_kind == "mprage" else ()) if parts.slices else {}
     moved = misregister(np.random.default_rng(misreg_ss), brain, clean,
@@ -242,5 +269,5 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     return out
 
 
-__all__ = ["TISSUES_V2", "NOISE", "THIN_3D", "MISREG_MM", "MISREG_DEG", "Parts", "misregister", "receive_field",
-           "texture", "slice_blur", "make_subject"]
+__all__ = ["TISSUES_V2", "NOISE", "THIN_3D", "MISREG_MM", "MISREG_DEG", "T2W_BIAS", "Parts", "misregister",
+           "receive_field", "t2w_bias", "texture", "slice_blur", "make_subject"]

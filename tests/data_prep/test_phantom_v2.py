@@ -7,6 +7,11 @@ from data_prep.schema import CONTRASTS
 
 SEED = 123
 ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
+#: the parts added after commit 1983e6e, all off: v2 must then make 1983e6e's bytes
+ADDED_OFF = dict(t2w_bias=False)
+#: sha256 of the four int16 contrasts then the seg of v2 subjects (4 mm, cohort seed 7) made by commit 1983e6e
+V2_1983E6E = ["477d65907052503c14cc6725c2475f846e370bd50a584e70de6b0437d97c0404",
+              "b638b8b2e3d2b29104de8ef0b37a0a792cc53481c950fde89918c399eead6cdc"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def test_v2_parts_switch_off_and_keep_the_rest():
 
     plain = phantom.make_subject("x", SEED, spacing=4.0, return_tissue=True, version=2,
                                  parts=Parts.only(receive=False, texture=False, noise=False, slices=False,
-                                                  misregistration=False))
+                                                  misregistration=False, t2w_bias=False))
     assert plain["info"]["kinds"] == {} and all(plain["tissue"][k].sum() == 0 for k in ALL_KINDS)
     for c in CONTRASTS:  # noise off: the image is the oracle's prediction
         np.testing.assert_allclose(plain["images"][c], np.clip(np.rint(plain["clean"][c]), 1, None) * plain["mask"],
@@ -87,7 +92,7 @@ def test_v2_parts_switch_off_and_keep_the_rest():
     assert plain["images"]["t2w"][wm].std() / plain["images"]["t2w"][wm].mean() < 0.01  # homogeneous, no field
     textured = phantom.make_subject("x", SEED, spacing=4.0, version=2,
                                     parts=Parts.only(receive=False, texture=True, noise=False, slices=False,
-                                                     misregistration=False))
+                                                     misregistration=False, t2w_bias=False))
     assert textured["images"]["t2w"][wm].std() / textured["images"]["t2w"][wm].mean() > 0.01
     np.testing.assert_array_equal(textured["seg"], plain["seg"])  # same anatomy and lesion
 
@@ -231,3 +236,40 @@ def test_v2_2d_contrasts_misregister_up_to_half_a_slice_across_their_slices():
             assert abs(t[k]) <= max(MISREG_MM, mm / 2) + 1e-3
             beyond += abs(t[k]) > MISREG_MM
     assert beyond > 0
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_v2_with_the_added_parts_off_is_the_1983e6e_cohort(i):
+    import hashlib
+
+    from data_prep.phantom_v2 import Parts
+
+    s = phantom.make_subject("x", phantom.subject_seed(7, i), spacing=4.0, version=2, parts=Parts(**ADDED_OFF))
+    h = hashlib.sha256()
+    for c in CONTRASTS:
+        h.update(s["images"][c].tobytes())
+    h.update(s["seg"].tobytes())
+    assert h.hexdigest() == V2_1983E6E[i]
+
+
+def test_v2_t2w_has_its_own_non_uniformity():
+    """Over pure white matter, T2w / FLAIR varies by the T2w-only field (>= 15 % peak, by its draw) while T1Gd / T1w
+    stays flat; with the part off T2w / FLAIR is flat too, and only the T2w changes between on and off."""
+    from data_prep.phantom_v2 import T2W_BIAS, Parts
+
+    kw = dict(texture=False, noise=False, slices=False, misregistration=False)
+    for seed in (SEED, SEED + 1):
+        on = phantom.make_subject("x", seed, spacing=4.0, return_tissue=True, version=2, parts=Parts.only(**kw))
+        off = phantom.make_subject("x", seed, spacing=4.0, return_tissue=True, version=2,
+                                   parts=Parts.only(t2w_bias=False, **kw))
+        wm = on["tissue"]["wm"] > 0.99
+
+        def spread(s, a, b):
+            r = s["images"][a][wm].astype(float) / s["images"][b][wm]
+            return r.max() / r.min()
+        assert spread(on, "t2w", "flair") > 1.0 + T2W_BIAS[0] and spread(off, "t2w", "flair") < 1.08
+        assert spread(on, "t1gd", "t1w") < 1.08
+        field = on["images"]["t2w"][wm].astype(float) / off["images"]["t2w"][wm]
+        assert 1.0 - T2W_BIAS[1] - 0.01 <= field.min() and field.max() <= 1.0 + T2W_BIAS[1] + 0.01
+        for c in ("t1w", "t1gd", "flair"):
+            np.testing.assert_array_equal(on["images"][c], off["images"][c])
