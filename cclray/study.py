@@ -83,6 +83,19 @@ def inputs_constraint_spec():
     return ConstraintSpec.from_dict(INPUTS_CONSTRAINT)
 
 
+def check_mix_store(cfg: StudyConfig) -> int:
+    """The CCL-mixed arm's other store opens, holds ``cfg.mix_split`` (not empty) with the store channels and
+    the default constraint map of the study's pretraining; returns its subject count. (Spacing and the map's k
+    are checked against the study's store when each pretraining starts: :mod:`cclray.data.sources`.)"""
+    from cclray.config import DEFAULT_CONSTRAINT
+    from cclray.data.sources import open_source
+    from data_prep.constraint import check_constraint
+
+    store, subjects = open_source(cfg.mix_store, [s for s in cfg.mix_split.split(",") if s.strip()], "--mix-store")
+    check_constraint(store, DEFAULT_CONSTRAINT, subjects, key="--mix-store: the constraint map")
+    return len(subjects)
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", threads: int = 1) -> str:
     """Run one job into ``root/job.path`` (resuming a started training run); write ``DONE.json``."""
@@ -182,10 +195,15 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
 # ------------------------------------------------------------------------------------------------ study
 def check_same_study(old: dict, new: dict, path: Path) -> None:
     """A rerun continues the study in its folder: same settings, except that it may add seeds (the finished
-    seeds' jobs are kept and the tables pool every seed). Anything else is refused."""
+    seeds' jobs are kept and the tables pool every seed). Anything else is refused (a setting the recorded
+    study predates counts as the same when it is at its default)."""
     from data_prep.errors import UserError
 
     o, n = dict(old["config"]), dict(new["config"])
+    defaults = json.loads(json.dumps(StudyConfig().to_dict()))
+    for key in set(n) - set(o):  # a setting added to StudyConfig since, left at its default, is no difference
+        if n[key] == defaults.get(key):
+            n.pop(key)
     old_seeds, new_seeds = o.pop("seeds"), n.pop("seeds")
     if {**old, "config": o} != {**new, "config": n} or not set(old_seeds) <= set(new_seeds):
         raise UserError(f"{path.parent} holds a study with other settings ({path}): use another --out, or delete "
@@ -213,6 +231,10 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     say(f"study: {cfg.folds} fold(s) x seeds {list(cfg.seeds)} x n {list(cfg.finetune_sizes)}; arms "
         f"{list(cfg.arms)}; {cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}, "
         f"pretrain {cfg.pretrain_steps} / finetune {cfg.finetune_steps} steps; jobs {counts}")
+    if "CCL-mixed" in cfg.arms:
+        n_mix = check_mix_store(cfg)
+        say(f"CCL-mixed pretrains on each fold's pretrain split plus {n_mix} subjects of {cfg.mix_store} "
+            f"(split {cfg.mix_split}), sampled per subject")
     if dry_run:
         for j in jobs:
             say(f"  {j.kind:9s} {j.path}" + (f"  <- {', '.join(j.deps)}" if j.deps else ""))

@@ -17,7 +17,12 @@ Arms (labels as they appear in the tables):
 - ``Probe-CCL`` / ``Probe-random`` — a linear probe: the backbone frozen (CCL-pretrained / random), only a
   1x1x1 head on its ``proj_stride`` features trains (how much of T1w/T2w the features hold);
 - ``CCL-external`` — finetuning from a pretraining run made elsewhere (``external_pretrain``: e.g. another
-  study's phantom pretraining, for a real cohort; ``{seed}`` in the path is replaced by the seed).
+  study's phantom pretraining, for a real cohort; ``{seed}`` in the path is replaced by the seed);
+- ``CCL-mixed`` — finetuning from a CCL pretraining on this study's pretrain subjects *and* split ``mix_split``
+  of another store ``mix_store`` (e.g. a phantom study's ``store.zarr`` and its ``s.f0.pretrain``, the subjects
+  CCL-external pretrained on): one shuffled cohort of both stores, sampled per subject (the stage config's
+  ``extra``, :mod:`cclray.data.sources`). With CCL (real only) and CCL-external (phantom only) it answers
+  whether the phantom helps as a pretraining source for real scans.
 
 Splits are written into the store's attributes under the study's own names (``s.f<fold>.<split>``;
 ``s.f0.finetune_n2`` holds the first 2 of ``s.f0.finetune``), so every cclray tool reads them as ordinary
@@ -32,7 +37,7 @@ from data_prep.config import FrozenConfig, require
 from data_prep.splits import PAPER_SPLITS, make_splits
 
 ARMS = ("Regressor", "Baseline", "CCL", "CCL-inputs", "Baseline-matched", "Supervised-all", "CCL-external",
-        "Probe-CCL", "Probe-random")
+        "Probe-CCL", "Probe-random", "CCL-mixed")  # the order of the tables; the index is the figure's colour
 INPUTS_CONSTRAINT = {"contrasts": ["t1gd", "flair"], "k": 20}  # ConstraintSpec of the CCL-inputs arm
 
 
@@ -56,6 +61,8 @@ class StudyConfig(FrozenConfig):
     finetune_steps: int = 600
     steps_per_epoch: int = 20
     external_pretrain: str = ""  # CCL-external: a pretrain run folder ("{seed}" is replaced by the seed)
+    mix_store: str = ""  # CCL-mixed: the other store pretrained on with this study's pretrain split
+    mix_split: str = "s.f0.pretrain"  # its split(s) (default: a study store's fold-0 pretrain subjects)
     workers: int = 1  # Ray Train workers per job (backend ray)
     loader_workers: int = 0
 
@@ -69,6 +76,9 @@ class StudyConfig(FrozenConfig):
                 "StudyConfig.arms has 'Probe-CCL' but not 'CCL' (whose pretraining it probes): add 'CCL'")
         require("CCL-external" not in self.arms or bool(self.external_pretrain),
                 "StudyConfig.arms has 'CCL-external' but external_pretrain is empty: pass --external-pretrain RUN")
+        require("CCL-mixed" not in self.arms or bool(self.mix_store),
+                "StudyConfig.arms has 'CCL-mixed' but mix_store is empty: pass --mix-store STORE[#SPLIT] (e.g. a "
+                "phantom study's store.zarr)")
         fin = self.splits.get("finetune", 0)
         big = [n for n in self.finetune_sizes if not 1 <= n <= fin]
         require(not big, f"StudyConfig.finetune_sizes {big} must lie in 1..splits['finetune']={fin}")
@@ -181,11 +191,15 @@ def plan(cfg: StudyConfig, store: str, test_store: str | None = None, inputs_con
             if "CCL-inputs" in arms:
                 require(bool(inputs_constraint), "the CCL-inputs arm needs the store's inputs-only constraint name")
                 pre["CCL-inputs"] = f"{root}/pretrain_inputs"
+            if "CCL-mixed" in arms:
+                pre["CCL-mixed"] = f"{root}/pretrain_mixed"
             for arm, path in pre.items():
                 if arm in arms:
                     spec = stage_dict(cfg, store, sp("pretrain"), cfg.pretrain_steps, seed)
                     if arm == "CCL-inputs":
                         spec["constraint"] = inputs_constraint
+                    if arm == "CCL-mixed":
+                        spec["extra"] = [{"store": cfg.mix_store, "split": cfg.mix_split}]
                     jobs.append(Job("pretrain", path, spec))
             if "Supervised-all" in arms:
                 spec = stage_dict(cfg, store, f"{sp('pretrain')},{sp('finetune')}", cfg.finetune_steps, seed)

@@ -23,6 +23,8 @@ ARM_NOTES = {
     "Probe-CCL": "linear probe: 1x1x1 head on the frozen CCL-pretrained features (proj_stride level, upsampled)",
     "Probe-random": "linear probe: 1x1x1 head on frozen random features (same architecture)",
     "CCL-external": "finetuning from a CCL pretraining made elsewhere (--external-pretrain, e.g. on the phantom)",
+    "CCL-mixed": "finetuning from CCL pretraining on this study's pretrain subjects plus another store's "
+                 "(--mix-store, e.g. the phantom's), one cohort sampled per subject",
 }
 
 

@@ -14,6 +14,10 @@ def add_arguments(p) -> None:
     p.add_argument("--test-src", help="a held-out BraTS folder: every model is evaluated on all its subjects")
     p.add_argument("--external-pretrain", help="the CCL-external arm's pretrain run ({seed} = the seed), e.g. "
                                                "another study's PHANTOM_STUDY/f0/seed{seed}/pretrain")
+    p.add_argument("--mix-store", metavar="STORE[#SPLIT]",
+                   help="the CCL-mixed arm's other store, pretrained on together with each fold's pretrain subjects "
+                        "(SPLIT default s.f0.pretrain: e.g. PHANTOM_STUDY/store.zarr, whose fold-0 pretrain "
+                        "subjects CCL-external's pretraining used)")
     p.add_argument("--subjects", type=int, dest="n_subjects", help="phantom cohort size (default: the preset's)")
     p.add_argument("--splits", help="subject counts NAME=COUNT,... of pretrain, finetune, val, test (default: the "
                                     "preset's, e.g. pretrain=80,finetune=10,val=5,test=10)")
@@ -45,6 +49,13 @@ def run(args) -> int:
                                              ("finetune_steps", "finetune_steps"), ("workers", "workers"),
                                              ("external_pretrain", "external_pretrain"))
             if getattr(args, a) is not None}
+    if args.mix_store:
+        from pathlib import Path
+
+        store, sep, split = args.mix_store.rpartition("#") if "#" in args.mix_store else (args.mix_store, "", "")
+        over["mix_store"] = store if "://" in store else str(Path(store).expanduser().resolve())
+        if split:
+            over["mix_split"] = split
     if args.splits:
         from data_prep.splits import parse_splits
 

@@ -58,12 +58,84 @@ def test_external_pretraining_is_a_dependency_per_seed():
     assert len(ext) == 6 and {j.spec["init"] for j in ext} == {"/x/seed0/pretrain", "/x/seed1/pretrain"}
 
 
+def test_mixed_pretraining_adds_the_other_store_per_fold_and_seed():
+    from cclray.config import stage_config
+
+    cfg = PRESETS["real"].replace(arms=("Baseline", "CCL", "CCL-mixed"), mix_store="/p/store.zarr")
+    jobs = plan(cfg, "S")
+    by_path = {j.path: j for j in jobs}
+    mixed = [j for j in jobs if j.path.endswith("pretrain_mixed")]
+    assert len(mixed) == 3 * 2 and all(j.kind == "pretrain" and not j.deps for j in mixed)
+    spec = by_path["f1/seed0/pretrain_mixed"].spec
+    assert spec["split"] == "s.f1.pretrain" and spec["extra"] == [{"store": "/p/store.zarr", "split": "s.f0.pretrain"}]
+    assert stage_config("pretrain", spec).extra[0].store == "/p/store.zarr"  # a valid PretrainConfig
+    assert "extra" not in by_path["f1/seed0/pretrain"].spec  # CCL stays real only
+    fin = by_path["f1/seed1/n2/ccl-mixed"]
+    assert fin.spec["init"] == "f1/seed1/pretrain_mixed" and fin.deps == ("f1/seed1/pretrain_mixed",)
+    assert fin.spec["split"] == "s.f1.finetune_n2" and "extra" not in fin.spec  # the same finetune as CCL
+    ev = by_path["f1/seed1/n2/evaluation"]
+    assert ev.spec["labels"] == ["Baseline", "CCL", "CCL-mixed"] and "f1/seed1/n2/ccl-mixed" in ev.deps
+    order = [j.path for j in jobs]
+    assert all(order.index(d) < order.index(j.path) for j in jobs for d in j.deps)
+
+
+def test_dry_run_checks_the_mix_store_and_shows_its_jobs(tmp_path):
+    from cclray.study import run_study
+    from conftest import make_tiny_store
+    from data_prep.store import StoreError
+
+    mix = make_tiny_store(tmp_path / "phantom.zarr", shape=(16, 16, 16), splits={"s.f0.pretrain": 3})["url"]
+    cfg = PRESETS["smoke"].replace(arms=("Baseline", "CCL-mixed"), mix_store=mix)
+    said: list[str] = []
+    run_study(tmp_path / "study", cfg, backend="local", dry_run=True, say=said.append)
+    assert any(f"plus 3 subjects of {mix} (split s.f0.pretrain)" in s for s in said)
+    assert any(s.split() == ["pretrain", "f0/seed0/pretrain_mixed"] for s in said)
+    assert any("f0/seed0/n2/ccl-mixed  <- f0/seed0/pretrain_mixed" in s for s in said)
+    with pytest.raises(StoreError, match=r"--mix-store: .*has no split 'pretrain'"):
+        run_study(tmp_path / "study", cfg.replace(mix_split="pretrain"), backend="local", dry_run=True,
+                  say=said.append)
+
+
+def test_report_tables_and_figure_include_the_mixed_arm(tmp_path):
+    from cclray.evaluation.report import write_metrics_csv
+    from cclray.study_plan import ARMS, Job
+    from cclray.study_report import ARM_NOTES, write_report
+
+    assert set(ARM_NOTES) == set(ARMS)
+    rows = [{"run": arm, "subject": f"s{i}", "contrast": c, "method": "masked", "region": "brain",
+             "ssim": 0.5 + 0.01 * i + (0.02 if arm == "CCL-mixed" else 0), "mse": 0.1, "psnr": 20.0}
+            for arm in ("Baseline", "CCL-mixed") for i in range(4) for c in ("t1w", "t2w")]
+    (tmp_path / "f0/seed0/n2/evaluation").mkdir(parents=True)
+    write_metrics_csv(rows, tmp_path / "f0/seed0/n2/evaluation/metrics.csv")
+    cfg = PRESETS["smoke"].replace(arms=("Baseline", "CCL-mixed"), mix_store="/p")
+    result = write_report(tmp_path, cfg, [Job("evaluate", "f0/seed0/n2/evaluation", {})])
+    view = result["by_n"][2]["masked/brain"]
+    assert view["arms"] == ["Baseline", "CCL-mixed"]
+    assert view["minus_baseline"]["CCL-mixed"]["t1w"]["ssim"]["mean"] == pytest.approx(0.02, abs=1e-6)
+    table = (tmp_path / "table.md").read_text()
+    assert "| CCL-mixed |" in table and "- CCL-mixed: finetuning from CCL pretraining on this study's" in table
+    assert (tmp_path / "study.png").stat().st_size > 5000
+
+
+def test_a_rerun_of_a_study_recorded_before_a_new_setting_is_the_same_study(tmp_path):
+    from cclray.study import check_same_study
+    from data_prep.errors import UserError
+
+    cfg = PRESETS["smoke"].to_dict()
+    old = {"config": {k: v for k, v in cfg.items() if k not in ("mix_store", "mix_split")}, "src": None}
+    check_same_study(json.loads(json.dumps(old)), json.loads(json.dumps({"config": cfg, "src": None})), tmp_path)
+    with pytest.raises(UserError, match="other settings"):
+        check_same_study(json.loads(json.dumps(old)), json.loads(json.dumps(
+            {"config": {**cfg, "mix_store": "/p"}, "src": None})), tmp_path / "study_config.json")
+
+
 @pytest.mark.parametrize("over, words", [
     ({"arms": ("Baseline", "Magic")}, "unknown"),
     ({"arms": ("CCL",)}, "Baseline"),
     ({"arms": ("Baseline", "Probe-CCL")}, "Probe-CCL"),
     ({"finetune_sizes": (20,)}, "finetune_sizes"),
     ({"arms": ("Baseline", "CCL-external")}, "external-pretrain"),
+    ({"arms": ("Baseline", "CCL-mixed")}, "mix-store"),
     ({"pretrain_steps": 7}, "multiple of steps_per_epoch"),
 ])
 def test_bad_settings_are_refused_with_the_fix(over, words):
