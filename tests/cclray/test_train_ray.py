@@ -1,9 +1,11 @@
-"""Ray Train: 2 CPU workers pretrain, then finetune from it, then resume; ranks agree and shard subjects."""
+"""Ray Train: 2 CPU workers pretrain (on two stores), then finetune from it, then resume; ranks agree and
+shard subjects."""
 import pytest
 
 from cclray.checkpoint import read_meta
 from cclray.runs import MetricsLog, checkpoint_dirs, find_checkpoint, load_synthesizer
 from cclray.train import RunExistsError, fit
+from conftest import make_tiny_store
 
 TINY = {"model": {"widths": [8, 16, 32], "proj_stride": 2},
         "patch": {"patch_size": [16, 16, 16], "batch_size": 2, "num_workers": 0},
@@ -22,10 +24,14 @@ def _check_ranks(metrics, subjects):
 @pytest.mark.ray
 def test_two_workers_pretrain_finetune_and_resume(ray_session, tiny_store, tmp_path):
     store = tiny_store["url"]
-    pre_cfg = {"store": store, **{k: v for k, v in TINY.items() if k != "val_samples"}, "epochs": 2}
+    other = make_tiny_store(tmp_path / "other.zarr", shape=(16, 16, 16), splits={"pretrain": 3}, seed=1)
+    pre_cfg = {"store": store, **{k: v for k, v in TINY.items() if k != "val_samples"}, "epochs": 2,
+               "extra": [f"{other['url']}#pretrain"]}  # a second store: 4 + 3 subjects, one cohort
     pre = fit("pretrain", pre_cfg, tmp_path / "pre", num_workers=2)
     assert pre["metrics"]["step"] == 6 and pre["metrics"]["epoch"] == 2
-    _check_ranks(pre["metrics"], tiny_store["splits"]["pretrain"])
+    both = tiny_store["splits"]["pretrain"] + [f"extra1/{sid}" for sid in other["splits"]["pretrain"]]
+    _check_ranks(pre["metrics"], both)
+    assert set().union(*map(set, pre["metrics"]["rank_sids"])) == set(both)  # 6 patches a rank: all 7 seen
     assert len(checkpoint_dirs(tmp_path / "pre")) == 2 and (tmp_path / "pre" / "config.json").is_file()
     with pytest.raises(RunExistsError, match="--resume"):
         fit("pretrain", pre_cfg, tmp_path / "pre", num_workers=2)
