@@ -23,11 +23,16 @@ real scans have, each part a physical effect, each switchable (:class:`Parts`) f
 6. **Acquisition resolution**: many clinical T2w, FLAIR and pre-contrast T1w are 2D multi-slice scans
    with 3-6 mm slices (T1Gd mostly 3D, 1 mm), resampled to the 1 mm atlas grid: each contrast of a
    subject is, with a per-contrast probability, blurred across its slices (Gaussian, FWHM the slice
-   thickness; axial mostly, else sagittal or coronal), so fine detail differs between contrasts.
+   thickness; axial mostly, else sagittal or coronal), so fine detail differs between contrasts. A 2D
+   scan is moreover known only at its slice centres (a slice thickness plus a 0-20 % gap apart, at an
+   offset of its own), and resampling it to the 1 mm grid interpolates between them: what lies between
+   two slices is a guess, different in each contrast (``Parts.slice_sampling``).
 7. **Residual misregistration**: the four scans are minutes apart (the head moves between them) and
-   are registered to each other afterwards with errors of about a millimetre and a degree; each
-   contrast is moved by its own small rigid transform (up to :data:`MISREG_MM` mm per axis, up to
-   :data:`MISREG_DEG` degrees about each axis, linear interpolation as a registration's resampling).
+   are registered to each other afterwards with errors of one to two millimetres and about a degree
+   (each clinical series is rigidly registered to the atlas through its own contrast, thick 2D slices
+   included); each contrast is moved by its own small rigid transform (up to :data:`MISREG_MM` = 1.5 mm
+   per axis, ``Parts.misreg_mm`` to change it; up to :data:`MISREG_DEG` degrees about each axis, linear
+   interpolation as a registration's resampling).
    A 2D contrast registers worse across its slices (a registration cannot place a 3-6 mm slice better
    than a fraction of its thickness): along its slice axis the error reaches half the slice thickness
    (``Parts.thick_misregistration``).
@@ -77,6 +82,8 @@ class Parts:
     thick_misregistration: bool = True  # 2D contrasts: up to half a slice across their slices
     mprage_post: float = MPRAGE_POST  # probability that T1Gd is an MPRAGE (0: T1Gd repeats the T1w sequence)
     t2w_bias: bool = True  # a T2w-only smooth non-uniformity (t2w_bias)
+    slice_sampling: bool = True  # 2D contrasts known only at their slice centres, interpolated between
+    misreg_mm: float | None = None  # largest misregistration per axis, mm (None: MISREG_MM; 1983e6e had 1.0)
     prevalence: dict = field(default_factory=lambda: dict(PREVALENCE))
 
     @classmethod
@@ -109,12 +116,12 @@ def receive_field(rng: np.random.Generator, brain) -> np.ndarray:
 
 
 #: T2w-only non-uniformity: max |deviation| over the brain, uniform per subject, and its control spacing (mm)
-T2W_BIAS: tuple[float, float] = (0.15, 0.35)
+T2W_BIAS: tuple[float, float] = (0.20, 0.40)
 T2W_BIAS_CTRL_MM: tuple[float, float] = (50.0, 80.0)
 
 
 def t2w_bias(rng: np.random.Generator, brain) -> np.ndarray:
-    """``(V,)`` multiplicative non-uniformity of the T2w alone: a smooth field, max +-15-35 % over the brain.
+    """``(V,)`` multiplicative non-uniformity of the T2w alone: a smooth field, max +-20-40 % over the brain.
 
     Why: the shared receive field is what the coil gives every series alike, but the T2w is the series
     whose intensity non-uniformity real cohorts show strongest and least like the others'. Sites set the
@@ -142,9 +149,38 @@ def texture(rng: np.random.Generator, brain) -> tuple[np.ndarray, float, float]:
 THIN_3D: dict[str, float] = {"t1w": 0.4, "t1gd": 0.8, "t2w": 0.1, "flair": 0.3}
 
 
-def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray, always_3d: tuple[str, ...] = ()) -> dict:
+#: 2D slices: the gap between slices as a fraction of their thickness, uniform per contrast
+SLICE_GAP: tuple[float, float] = (0.0, 0.2)
+
+
+def _sample_slices(vol: np.ndarray, axis: int, step: float, offset: float) -> np.ndarray:
+    """``vol`` kept at slices every ``step`` voxels along ``axis`` (the first at ``offset``; each at its nearest
+    voxel) and linearly interpolated between them, the first slice's value before it and the last's after.
+
+    Why: a 2D scan measures one value per slice (its profile, the blur of :func:`slice_blur`) at slice
+    centres a thickness plus a gap apart; BraTS resamples every scan to 1 mm, so between two centres the
+    image is an interpolation, not a measurement, and the centres of two contrasts do not coincide."""
+    n = vol.shape[axis]
+    centres = np.unique(np.rint(offset + step * np.arange(int(np.ceil((n - offset) / step)) + 1)).astype(np.intp))
+    centres = centres[(centres >= 0) & (centres < n)]
+    if centres.size < 2:
+        return vol
+    i = np.arange(n)
+    k1 = np.clip(np.searchsorted(centres, i, side="right"), 1, centres.size - 1)  # the first centre after i
+    c0, c1 = centres[k1 - 1], centres[k1]
+    w1 = np.clip((i - c0) / (c1 - c0), 0.0, 1.0).astype(np.float32)  # 0 before the first centre, 1 after the last
+    shape = [1, 1, 1]
+    shape[axis] = n
+    a, b = np.take(vol, c0, axis=axis), np.take(vol, c1, axis=axis)
+    return a + w1.reshape(shape) * (b - a)
+
+
+def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray, always_3d: tuple[str, ...] = (),
+               sampling: np.random.Generator | None = None) -> dict:
     """Blur ``clean (4, V)`` in place across the slices of the 2D contrasts (``always_3d``: contrasts whose
-    sequence is 3D whatever the draw, e.g. an MPRAGE T1Gd); return ``{contrast: (axis, mm)}``."""
+    sequence is 3D whatever the draw, e.g. an MPRAGE T1Gd); return ``{contrast: (axis, mm)}``. With
+    ``sampling`` (a generator), each 2D contrast is then kept only at its slice centres (thickness plus a
+    0-20 % gap apart, at a random offset) and linearly interpolated between them."""
     from scipy.ndimage import gaussian_filter1d
 
     spacing = float(brain.affine[0, 0])
@@ -158,20 +194,26 @@ def slice_blur(rng: np.random.Generator, brain, clean: np.ndarray, always_3d: tu
             continue
         vol = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=np.float32)
         vol[local] = clean[c]
-        clean[c] = gaussian_filter1d(vol, sigma, axis=axis, mode="constant")[local]
+        vol = gaussian_filter1d(vol, sigma, axis=axis, mode="constant")
+        if sampling is not None:
+            step = mm * float(sampling.uniform(1.0 + SLICE_GAP[0], 1.0 + SLICE_GAP[1])) / spacing
+            vol = _sample_slices(vol, axis, step, float(sampling.uniform(0.0, step)))
+        clean[c] = vol[local]
         done[contrast] = ("xyz"[axis], round(float(mm), 2))
     return done
 
 
 #: residual misregistration of each contrast: translation (mm) and rotation (degrees) per axis, uniform +-
-MISREG_MM: float = 1.0
+MISREG_MM: float = 1.5
 MISREG_DEG: float = 1.0
 
 
-def misregister(rng: np.random.Generator, brain, clean: np.ndarray, slices: dict | None = None) -> dict:
+def misregister(rng: np.random.Generator, brain, clean: np.ndarray, slices: dict | None = None,
+                mm: float | None = None) -> dict:
     """Move each contrast of ``clean (4, V)`` in place by its own small rigid transform about the brain box's
-    centre; ``slices`` (:func:`slice_blur`'s result): the 2D contrasts, whose translation along their slice axis
-    reaches half the slice thickness; return ``{contrast: (tx, ty, tz mm, rx, ry, rz degrees)}``."""
+    centre, up to ``mm`` (default :data:`MISREG_MM`) per axis; ``slices`` (:func:`slice_blur`'s result): the 2D
+    contrasts, whose translation along their slice axis reaches half the slice thickness; return
+    ``{contrast: (tx, ty, tz mm, rx, ry, rz degrees)}``."""
     from scipy.ndimage import affine_transform
     from scipy.spatial.transform import Rotation
 
@@ -181,10 +223,10 @@ def misregister(rng: np.random.Generator, brain, clean: np.ndarray, slices: dict
     centre = (np.array([x1 - x0, y1 - y0, z1 - z0]) - 1) / 2.0
     done = {}
     for c, contrast in enumerate(CONTRASTS):
-        amp = np.full(3, MISREG_MM)
+        amp = np.full(3, MISREG_MM if mm is None else mm)
         if slices and contrast in slices:
-            axis, mm = slices[contrast]
-            amp["xyz".index(axis)] = max(MISREG_MM, mm / 2.0)
+            axis, thick = slices[contrast]
+            amp["xyz".index(axis)] = max(amp[0], thick / 2.0)
         t_mm, deg = rng.uniform(-1.0, 1.0, 3) * amp, rng.uniform(-MISREG_DEG, MISREG_DEG, 3)
         rot = Rotation.from_euler("xyz", deg, degrees=True).as_matrix()
         vol = np.zeros((x1 - x0, y1 - y0, z1 - z0), dtype=np.float32)
@@ -203,7 +245,7 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     parts = parts or Parts()
     ss = np.random.SeedSequence(int(seed))
     (anatomy, kinds_ss, tissue_ss, protocol_ss, receive_ss, texture_ss, noise_ss, slices_ss, misreg_ss,
-     t2bias_ss) = ss.spawn(10)
+     t2bias_ss, sampling_ss) = ss.spawn(11)
     rng = np.random.default_rng(anatomy)
     brain = warped_brain(rng, spacing)
     lesion = grow_lesion(rng, brain.out_mm, brain.tpl_mm, brain.wm, spacing)
@@ -241,9 +283,10 @@ def make_subject(sid: str, seed: int, spacing: float = 1.0, return_tissue: bool 
     if parts.t2w_bias:
         clean[CONTRASTS.index("t2w")] *= t2w_bias(np.random.default_rng(t2bias_ss), brain)
     slices = slice_blur(np.random.default_rng(slices_ss), brain, clean,
-                        ("t1gd",) if protocol.gd_kind == "mprage" else ()) if parts.slices else {}
+                        ("t1gd",) if protocol.gd_kind == "mprage" else (),
+                        np.random.default_rng(sampling_ss) if parts.slice_sampling else None) if parts.slices else {}
     moved = misregister(np.random.default_rng(misreg_ss), brain, clean,
-                        slices if parts.thick_misregistration else None) if parts.misregistration else {}
+                        slices if parts.thick_misregistration else None, parts.misreg_mm) if parts.misregistration else {}
 
     nrng = np.random.default_rng(noise_ss)
     gain = (GAIN * nrng.uniform(0.9, 1.1, len(CONTRASTS))).astype(np.float32)[:, None]

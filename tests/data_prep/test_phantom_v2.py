@@ -8,7 +8,7 @@ from data_prep.schema import CONTRASTS
 SEED = 123
 ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
 #: the parts added after commit 1983e6e, all off: v2 must then make 1983e6e's bytes
-ADDED_OFF = dict(t2w_bias=False)
+ADDED_OFF = dict(t2w_bias=False, slice_sampling=False, misreg_mm=1.0)
 #: sha256 of the four int16 contrasts then the seg of v2 subjects (4 mm, cohort seed 7) made by commit 1983e6e
 V2_1983E6E = ["477d65907052503c14cc6725c2475f846e370bd50a584e70de6b0437d97c0404",
               "b638b8b2e3d2b29104de8ef0b37a0a792cc53481c950fde89918c399eead6cdc"]
@@ -221,7 +221,7 @@ def test_v2_2d_contrasts_misregister_up_to_half_a_slice_across_their_slices():
     from data_prep.phantom_v2 import MISREG_MM, Parts
 
     beyond = 0
-    for seed in range(SEED, SEED + 6):
+    for seed in range(SEED, SEED + 12):
         s = phantom.make_subject("x", seed, spacing=4.0, version=2, parts=Parts.only(noise=False))
         thin = phantom.make_subject("x", seed, spacing=4.0, version=2,
                                     parts=Parts.only(noise=False, thick_misregistration=False))
@@ -273,3 +273,46 @@ def test_v2_t2w_has_its_own_non_uniformity():
         assert 1.0 - T2W_BIAS[1] - 0.01 <= field.min() and field.max() <= 1.0 + T2W_BIAS[1] + 0.01
         for c in ("t1w", "t1gd", "flair"):
             np.testing.assert_array_equal(on["images"][c], off["images"][c])
+
+
+def test_sample_slices_keeps_the_centres_and_interpolates_between():
+    from data_prep.phantom_v2 import _sample_slices
+
+    vol = np.random.default_rng(0).standard_normal((3, 4, 40)).astype(np.float32)
+    out = _sample_slices(vol, 2, step=3.5, offset=2.0)
+    centres = np.unique(np.rint(2.0 + 3.5 * np.arange(12)).astype(int))  # each slice at its nearest voxel
+    centres = centres[centres < 40]
+    np.testing.assert_allclose(out[..., centres], vol[..., centres], atol=1e-6)
+    np.testing.assert_array_equal(out[..., :2], vol[..., 2:3].repeat(2, axis=2))  # before the first: the first
+    np.testing.assert_allclose(out[..., centres[-1]:], vol[..., centres[-1]:centres[-1] + 1].repeat(
+        40 - centres[-1], axis=2), atol=1e-6)  # after the last: the last
+    for a, b in zip(centres[:-1], centres[1:]):  # straight lines between neighbouring centres
+        w = (np.arange(a, b + 1) - a) / (b - a)
+        np.testing.assert_allclose(out[..., a:b + 1], vol[..., a:a + 1] + w * (vol[..., b:b + 1] - vol[..., a:a + 1]),
+                                   atol=1e-5)
+    assert np.abs(np.diff(out[..., centres[0]:centres[-1]], 2, axis=2)).mean() < \
+        0.5 * np.abs(np.diff(vol, 2, axis=2)).mean()
+
+
+def test_v2_2d_contrasts_are_known_at_their_slices_only():
+    """With slice sampling, a 2D contrast is piecewise linear across its slices (far smaller second differences
+    along the slice axis than the blurred profile without it); 3D contrasts are untouched; off gives the old image."""
+    from data_prep.phantom_v2 import Parts
+
+    kw = dict(noise=False, misregistration=False)
+    on = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(**kw))
+    off = phantom.make_subject("x", SEED, spacing=2.0, version=2, parts=Parts.only(slice_sampling=False, **kw))
+    assert on["info"]["slices"] == off["info"]["slices"] and on["info"]["slices"]
+    inner = on["mask"]
+    for c in CONTRASTS:
+        if c not in on["info"]["slices"]:
+            np.testing.assert_array_equal(on["images"][c], off["images"][c])
+            continue
+        axis = "xyz".index(on["info"]["slices"][c][0])
+        ok = inner & np.roll(inner, 1, axis) & np.roll(inner, -1, axis)
+
+        def bend(img):
+            img = img.astype(float)
+            return np.abs(np.roll(img, 1, axis) + np.roll(img, -1, axis) - 2 * img)[ok].mean()
+        assert not np.array_equal(on["images"][c], off["images"][c])
+        assert bend(on["images"][c]) < 0.8 * bend(off["images"][c]), c
