@@ -316,3 +316,21 @@ def test_v2_2d_contrasts_are_known_at_their_slices_only():
             return np.abs(np.roll(img, 1, axis) + np.roll(img, -1, axis) - 2 * img)[ok].mean()
         assert not np.array_equal(on["images"][c], off["images"][c])
         assert bend(on["images"][c]) < 0.8 * bend(off["images"][c]), c
+
+
+def test_v2_misregistration_size_is_a_part():
+    """``Parts.misreg_mm`` scales the same draws: the default (MISREG_MM, 1.5 mm) moves each 3D contrast 1.5 times as far
+    as 1 mm does, within its bound; rotations are unchanged."""
+    from data_prep.phantom_v2 import MISREG_MM, Parts
+
+    assert MISREG_MM == 1.5
+    kw = dict(noise=False, receive=False, texture=False)
+    wide = phantom.make_subject("x", SEED, spacing=4.0, version=2, parts=Parts.only(**kw))
+    narrow = phantom.make_subject("x", SEED, spacing=4.0, version=2, parts=Parts.only(misreg_mm=1.0, **kw))
+    assert wide["info"]["slices"] == narrow["info"]["slices"]
+    for c in CONTRASTS:
+        t, u = np.array(wide["info"]["misregistration"][c]), np.array(narrow["info"]["misregistration"][c])
+        np.testing.assert_allclose(t[3:], u[3:])
+        if c not in wide["info"]["slices"]:
+            np.testing.assert_allclose(t[:3], 1.5 * u[:3], atol=2e-3)
+            assert np.abs(u[:3]).max() <= 1.0 and np.abs(t[:3]).max() <= MISREG_MM
