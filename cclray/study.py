@@ -4,7 +4,9 @@
 (``src``), prepared at ``cfg.spacing``, with an inputs-only constraint map when the CCL-inputs arm is asked
 for; ``test_src``: a held-out BraTS folder on which every fold's models are evaluated (all its subjects).
 Then each job runs once: a job's folder holds ``DONE.json`` when it finished, so a rerun after an
-interruption continues (an unfinished training run resumes from its latest checkpoint).
+interruption continues (an unfinished training run resumes from its latest checkpoint). A rerun may also
+add seeds, finetune sizes or arms: the finished jobs are kept, and an evaluation whose set of runs grew is
+made again (its ``DONE.json`` records the runs it scored).
 
 Backends: ``ray`` trains every job as a Ray Train ``TorchTrainer`` (:func:`cclray.train.fit`), one after the
 other; ``local`` trains in this machine's processes without Ray (world size 1, :class:`~cclray.engine.
@@ -97,6 +99,20 @@ def check_mix_store(cfg: StudyConfig) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ jobs
+def is_done(job: Job, root: Path) -> bool:
+    """``DONE.json`` is there and, for an evaluation, records exactly the runs the job scores now (a rerun that
+    added arms evaluates again)."""
+    path = Path(root) / job.path / DONE
+    if not path.exists():
+        return False
+    if job.kind != "evaluate":
+        return True
+    try:
+        return json.loads(path.read_text()).get("runs") == list(job.spec["runs"])
+    except (OSError, ValueError):
+        return False
+
+
 def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", threads: int = 1) -> str:
     """Run one job into ``root/job.path`` (resuming a started training run); write ``DONE.json``."""
     import torch
@@ -121,7 +137,10 @@ def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", th
                           split=spec["split"], out_dir=folder, device=device)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
-    (folder / DONE).write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind}))
+    done = {"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind}
+    if job.kind == "evaluate":
+        done["runs"] = list(spec["runs"])
+    (folder / DONE).write_text(json.dumps(done))
     return job.path
 
 
@@ -151,7 +170,7 @@ def _train(stage: str, spec: dict, folder: Path, backend: str, device: str) -> N
 def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = "cpu", parallel: int = 1,
              say: Callable[[str], None] = print) -> None:
     """Run every unfinished job, each once its dependencies are done; ``parallel`` at a time (local backend)."""
-    done = {j.path for j in jobs if (root / j.path / DONE).exists()}
+    done = {j.path for j in jobs if is_done(j, root)}
 
     def ready(j: Job) -> bool:  # a dependency outside the study (CCL-external) is ready once it has DONE.json
         return all(d in done or (Path(d).is_absolute() and (Path(d) / DONE).exists()) for d in j.deps)
@@ -194,9 +213,9 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
 
 # ------------------------------------------------------------------------------------------------ study
 def check_same_study(old: dict, new: dict, path: Path) -> None:
-    """A rerun continues the study in its folder: same settings, except that it may add seeds (the finished
-    seeds' jobs are kept and the tables pool every seed). Anything else is refused (a setting the recorded
-    study predates counts as the same when it is at its default)."""
+    """A rerun continues the study in its folder: same settings, except that it may add seeds, finetune sizes
+    or arms (the finished jobs are kept and the tables pool them). Anything else is refused (a setting the
+    recorded study predates counts as the same when it is at its default)."""
     from data_prep.errors import UserError
 
     o, n = dict(old["config"]), dict(new["config"])
@@ -204,10 +223,14 @@ def check_same_study(old: dict, new: dict, path: Path) -> None:
     for key in set(n) - set(o):  # a setting added to StudyConfig since, left at its default, is no difference
         if n[key] == defaults.get(key):
             n.pop(key)
-    old_seeds, new_seeds = o.pop("seeds"), n.pop("seeds")
-    if {**old, "config": o} != {**new, "config": n} or not set(old_seeds) <= set(new_seeds):
+    grows = ("seeds", "finetune_sizes", "arms")
+    shrunk = [k for k in grows if not set(o.get(k, ())) <= set(n.get(k, ()))]
+    for k in grows:
+        o.pop(k, None), n.pop(k, None)
+    if {**old, "config": o} != {**new, "config": n} or shrunk:
+        recorded = {k: old["config"].get(k) for k in grows}
         raise UserError(f"{path.parent} holds a study with other settings ({path}): use another --out, or delete "
-                        f"the folder to start again (a rerun may only add seeds to {old_seeds})")
+                        f"the folder to start again (a rerun may only add seeds, finetune sizes or arms to {recorded})")
 
 
 def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,

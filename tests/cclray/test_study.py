@@ -129,6 +129,35 @@ def test_a_rerun_of_a_study_recorded_before_a_new_setting_is_the_same_study(tmp_
             {"config": {**cfg, "mix_store": "/p"}, "src": None})), tmp_path / "study_config.json")
 
 
+def test_a_rerun_may_add_seeds_sizes_and_arms_but_not_drop_them(tmp_path):
+    from cclray.study import check_same_study
+    from data_prep.errors import UserError
+
+    cfg = PRESETS["pilot"].replace(finetune_sizes=(2, 10), arms=("Regressor", "Baseline", "CCL"), seeds=(0,))
+    old = json.loads(json.dumps({"config": cfg.to_dict(), "src": None}))
+    more = cfg.replace(finetune_sizes=(2, 5, 10), arms=("Regressor", "Baseline", "CCL", "CCL-inputs"), seeds=(0, 1))
+    check_same_study(old, json.loads(json.dumps({"config": more.to_dict(), "src": None})), tmp_path / "s.json")
+    for fewer in (cfg.replace(finetune_sizes=(2,)), cfg.replace(arms=("Regressor", "Baseline")),
+                  cfg.replace(finetune_steps=cfg.finetune_steps * 2)):
+        with pytest.raises(UserError, match="may only add seeds, finetune sizes or arms"):
+            check_same_study(old, json.loads(json.dumps({"config": fewer.to_dict(), "src": None})), tmp_path / "s.json")
+
+
+def test_an_evaluation_is_done_only_for_the_runs_it_scored(tmp_path):
+    from cclray.study import DONE, is_done
+    from cclray.study_plan import Job
+
+    ev = Job("evaluate", "f0/seed0/n2/evaluation", {"runs": ["a", "b"]}, ())
+    train = Job("finetune", "f0/seed0/n2/scratch", {}, ())
+    assert not is_done(ev, tmp_path) and not is_done(train, tmp_path)
+    for j, done in ((ev, {"kind": "evaluate", "runs": ["a"]}), (train, {"kind": "finetune"})):
+        (tmp_path / j.path).mkdir(parents=True)
+        (tmp_path / j.path / DONE).write_text(json.dumps(done))
+    assert is_done(train, tmp_path) and not is_done(ev, tmp_path)  # an arm was added since: evaluate again
+    (tmp_path / ev.path / DONE).write_text(json.dumps({"kind": "evaluate", "runs": ["a", "b"]}))
+    assert is_done(ev, tmp_path)
+
+
 @pytest.mark.parametrize("over, words", [
     ({"arms": ("Baseline", "Magic")}, "unknown"),
     ({"arms": ("CCL",)}, "Baseline"),
