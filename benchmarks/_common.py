@@ -4,8 +4,14 @@ A benchmark is a program: ``python benchmarks/bench_X.py [--smoke | --quick] [--
 its figures as it goes, each with the load average beside it (the machine is shared: absolute numbers
 are inflated; ratios measured back to back in one run are the point), and ends with one
 ``RESULT {json}`` line: ``{"bench", "size", "machine", "figures": [...], "ratios": [...]}`` where a
-ratio is ``{"name", "value", "goal", "met"}`` (``met`` None when the goal is "documented").
+ratio is ``{"name", "value", "min", "median", "max", "n", "runs", "goal", "met"}``: every ratio is taken
+over ``n`` repetitions measured back to back (``--repeats``; default 3, 2 with ``--smoke``), ``value`` is
+their median, and ``met`` (None when the goal is "documented") is judged on the median.
 ``run_all.py`` collects those records.
+
+Repetitions: :func:`rounds` runs the variants a benchmark compares round robin (A B C, A B C, ...), so a
+load drift hits every side alike, and :meth:`Report.ratio` / :meth:`Report.ratio_runs` turn the
+per-round figures into one ratio with its min / median / max.
 """
 from __future__ import annotations
 
@@ -44,7 +50,18 @@ def parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--work", default=str(DEFAULT_WORK), help="scratch folder, reused across runs (default %(default)s)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                     help="cuda: the GPU variant (skips cleanly when CUDA is unavailable)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="back-to-back repetitions behind every ratio (default 3; 2 with --smoke); "
+                         "each ratio is reported as min / median / max over them")
     return ap
+
+
+def repeats(args: argparse.Namespace) -> int:
+    """Repetitions behind every ratio: ``--repeats`` or the size's default (smoke 2, quick 3, full 3)."""
+    n = args.repeats or pick(args.size, 2, 3, 3)
+    if n < 1:
+        raise SystemExit(f"--repeats {n}: need at least 1")
+    return n
 
 
 def pick(size: str, smoke, quick, full):
@@ -128,18 +145,31 @@ def timed(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> list[fl
     return out
 
 
-def interleaved(methods: dict[str, Callable[[], object]], repeat: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Time every method ``repeat`` times, round-robin (A B C A B C ...), so load drifts hit all alike."""
-    for fn in methods.values():
-        for _ in range(warmup):
+def rounds(variants: dict[str, Callable[[], object]], repeat: int, warmup: int = 0,
+           report: "Report | None" = None, unit: str = "s") -> dict[str, list[float]]:
+    """Run every variant ``repeat`` times round robin (A B C, A B C, ...) so load drifts hit all alike;
+    ``warmup`` untimed rounds first. Returns ``{name: [one figure per round]}``.
+
+    A variant's figure for a round is what it returns: a number, or a dict ``{name: number}`` (several
+    figures from one call, e.g. every method of a block of interleaved reads); ``None``: its wall seconds.
+    With ``report``, each figure is also recorded, tagged with its round (``unit`` for the wall seconds
+    and plain numbers).
+    """
+    for _ in range(warmup):
+        for fn in variants.values():
             fn()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(repeat):
-        for name, fn in methods.items():
+    out: dict[str, list[float]] = {}
+    for r in range(repeat):
+        for name, fn in variants.items():
             t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return times
+            got = fn()
+            dt = time.perf_counter() - t
+            figures = got if isinstance(got, dict) else {name: dt if got is None else got}
+            for key, value in figures.items():
+                out.setdefault(key, []).append(float(value))
+                if report is not None:
+                    report.figure(f"{key} (round {r + 1})", value, unit)
+    return out
 
 
 def median(values) -> float:
@@ -189,30 +219,34 @@ class Report:
         print(f"  {name:48s} {value:12.4g} {unit:10s} load {row['load']}{more}", flush=True)
         return float(value)
 
-    def ratio(self, name: str, value: float, goal: float | None = None, higher_is_better: bool = True,
+    def ratio(self, name: str, runs, goal: float | None = None, higher_is_better: bool = True,
               note: str = "") -> float:
-        """Record a ratio against what a user would otherwise do; ``goal`` None = documented only."""
-        value = float(value)
+        """Record a ratio against what a user would otherwise do, one value per back-to-back repetition
+        (``runs``): min / median / max and the count go into the record, the median is its ``value`` and
+        what the goal is judged on, so one run's noise cannot pass for a result. ``goal`` None =
+        documented only."""
+        runs = [float(v) for v in runs]  # a list: one value per repetition, in round order
+        if not runs:
+            raise ValueError(f"ratio {name!r}: no repetitions")
+        value, lo, hi = float(statistics.median(runs)), min(runs), max(runs)
         met = None
         if goal is not None and math.isfinite(value):
             met = value >= goal if higher_is_better else value <= goal
         goal_text = "documented" if goal is None else f"{'>=' if higher_is_better else '<='} {goal:g}"
-        self.ratios.append({"name": name, "value": value, "goal": goal_text, "met": met, "note": note,
+        self.ratios.append({"name": name, "value": value, "min": lo, "median": value, "max": hi,
+                            "n": len(runs), "runs": runs, "goal": goal_text, "met": met, "note": note,
                             "load": loadavg()})
         verdict = {True: "MET", False: "MISSED", None: ""}[met]
-        print(f"RATIO {name}: {value:.3g} (goal {goal_text}) {verdict} {note}".rstrip(), flush=True)
+        print(f"RATIO {name}: {lo:.3g} / {value:.3g} / {hi:.3g} (min / median / max of {len(runs)}) "
+              f"(goal {goal_text}) {verdict} {note}".rstrip(), flush=True)
         return value
 
-    def ratio_runs(self, name: str, numerators: list[float], denominators: list[float], goal: float | None = None,
-                   note: str = "") -> float:
-        """A ratio over back-to-back repetitions (``numerators[i] / denominators[i]``, each pair taken in
-        the same round): the median is the value, min / median / max and the count go into the note, so
-        one run's noise cannot pass for a result."""
-        runs = sorted(a / b for a, b in zip(numerators, denominators))
-        spread = f"min/median/max {runs[0]:.3g}/{statistics.median(runs):.3g}/{runs[-1]:.3g} over {len(runs)} runs"
-        value = self.ratio(name, statistics.median(runs), goal, note=f"{spread}; {note}" if note else spread)
-        self.ratios[-1].update(runs=runs)
-        return value
+    def ratio_runs(self, name: str, numerators, denominators, goal: float | None = None,
+                   higher_is_better: bool = True, note: str = "") -> float:
+        """:meth:`ratio` of ``numerators[i] / denominators[i]``, each pair taken in the same round."""
+        if len(numerators) != len(denominators):
+            raise ValueError(f"ratio {name!r}: {len(numerators)} numerators, {len(denominators)} denominators")
+        return self.ratio(name, [a / b for a, b in zip(numerators, denominators)], goal, higher_is_better, note)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -67,13 +67,12 @@ def main() -> int:
     ap.add_argument("--subjects", type=int, default=None, help="cohort size (default 4; 2 with --smoke)")
     ap.add_argument("--provider", default="auto", help="onnxruntime provider of every session (default auto)")
     ap.add_argument("--int8", action="store_true", help="the int8 (QDQ) variant of the model")
-    ap.add_argument("--repeats", type=int, default=None, help="rounds of both layouts (default 3; 1 with --smoke)")
     args = ap.parse_args()
     report = _common.Report("host", args)
     shape, patch, widths = _common.pick(args.size, ((48, 48, 40), 32, [8, 16, 32]), ((240, 240, 155), 128, None),
                                         ((240, 240, 155), 128, None))
     n = args.subjects or _common.pick(args.size, 2, 4, 4)
-    repeats = args.repeats or _common.pick(args.size, 1, 3, 3)
+    repeats = _common.repeats(args)  # rounds of both layouts
     procs = _common.cores()
 
     import logging

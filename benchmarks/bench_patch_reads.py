@@ -14,6 +14,15 @@ so load drifts hit them alike:
 zarr-python (``Store.read``) on the same store is shown for reference. ``--layouts`` adds a sweep of
 store layouts (chunk 32/64, float16/32, blosc-lz4/none) read both ways: how the default was chosen.
 Goal: the store read >= 50x faster than nibabel.
+
+Repetitions (``--repeats``, default 3): each is a block of fresh random boxes, every method read on each
+box in turn; a repetition's ratio is nibabel's median / PatchReader's median over its block, and each
+ratio is min / median / max over the blocks.
+
+- ``--quick``: 2 phantom subjects (240x240x155 at 1 mm, made once under --work), 3 blocks of 5 boxes for
+  each of 64³ / 128³ x warm / cold (15 boxes each).
+- full (no flag): 4 phantom subjects, 3 blocks of 14 boxes. ``--smoke``: 1 synthetic subject, 32³ / 64³,
+  2 blocks of 2 boxes.
 """
 from __future__ import annotations
 
@@ -120,8 +129,8 @@ def main() -> int:
     args = ap.parse_args()
     report = _common.Report("patch_reads", args)
     work = Path(args.work)
-    source, n, patches, sizes = _common.pick(args.size, ("synthetic", 1, 4, (32, 64)), ("phantom", 2, 12, (64, 128)),
-                                             ("phantom", 4, 40, (64, 128)))
+    source, n, per_round, sizes = _common.pick(args.size, ("synthetic", 1, 2, (32, 64)), ("phantom", 2, 5, (64, 128)),
+                                               ("phantom", 4, 14, (64, 128)))
     from data_prep.store import Store
 
     url = _data.prepared_store(work, n, source=source)
@@ -134,21 +143,32 @@ def main() -> int:
                   _common.median([du(Path(url) / "subjects" / s) for s in sids]) / 1e6, "MB", layout=store.layout.to_dict())
     rng = np.random.default_rng(0)
     shapes = {s: tuple(a["shape"]) for s, a in attrs.items()}
+    reps = _common.repeats(args)
     for patch in sizes:
         for mode in ("warm", "cold"):
             methods, prepare = methods_for(url, attrs, cold=mode == "cold")
-            boxes = random_boxes(rng, shapes, patch, patches)
+            boxes = random_boxes(rng, shapes, patch, reps * per_round)
             run_boxes(methods, lambda s: None, boxes[:1])  # imports, first allocations
-            times = run_boxes(methods, prepare, boxes)
+            blocks = iter([boxes[i * per_round:(i + 1) * per_round] for i in range(reps)])
+            times: dict[str, list[float]] = {k: [] for k in methods}
+
+            def block():  # one repetition: a block of boxes, the methods interleaved box by box
+                got = run_boxes(methods, prepare, next(blocks))
+                for k, v in got.items():
+                    times[k] += v
+                return {k: _common.median(v) for k, v in got.items()}
+
+            per = _common.rounds({"block": block}, reps)
             med = {k: _common.median(v) for k, v in times.items()}
             for name, t in med.items():
                 report.figure(f"{patch}³ {mode} {name}", 1e3 * t, "ms", patches=len(boxes), subjects=len(sids))
-            report.ratio(f"patch {patch}³ {mode}: nibabel / PatchReader", med["nibabel .nii.gz"]
-                         / med["cclray PatchReader (tensorstore)"], goal=50)
+            report.ratio_runs(f"patch {patch}³ {mode}: nibabel / PatchReader", per["nibabel .nii.gz"],
+                              per["cclray PatchReader (tensorstore)"], goal=50,
+                              note=f"each repetition: the medians over {per_round} boxes")
             report.figure(f"{patch}³ {mode} zarr-python / PatchReader", med["zarr-python Store.read"]
                           / med["cclray PatchReader (tensorstore)"], "x")
     if args.layouts:
-        layout_sweep(report, store, sids, random_boxes(rng, shapes, 64, patches))
+        layout_sweep(report, store, sids, random_boxes(rng, shapes, 64, reps * per_round))
     return report.finish()
 
 

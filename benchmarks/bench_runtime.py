@@ -12,6 +12,16 @@ weights) and, at full size, the peak RSS of a torch-free runtime process. Goal: 
 ``--device cuda`` runs torch on CUDA and onnxruntime with the CUDA provider. Where onnxruntime is the
 onnxruntime-openvino build, its OpenVINO execution provider is timed too (CPU).
 
+Repetitions (``--repeats``, default 3; 2 with ``--smoke``): every variant synthesizes the volume once a
+round, round robin; each ratio is min / median / max over the rounds.
+
+- full (no flag): the whole 240x240x155 volume (8 windows of 128³ after the brain crop), window batch
+  1, 2 and 4 for onnxruntime, fp16 export too, and the peak RSS of a torch-free runtime process.
+- ``--quick``: the same default network, patch 128 and window batch 2 on a 192x192x128 volume, which the
+  brain crop leaves at 2 windows (one batch): the same network executions per window at a quarter of the
+  whole volume's cost (the whole-volume figure: run without ``--quick``, or ``--quick --volume 240 240 155``).
+- ``--smoke``: 48x48x40, patch 32, widths 8-16-32.
+
 ``--int8`` also times the static-QDQ int8 variant (:func:`export.quantize.quantize_int8`, calibrated on the
 first windows the runtime feeds the fp32 model) on the OpenVINO provider where the build has it, else on
 the CPU provider. ``--run RUN`` benchmarks a trained finetune run's network (its card's patch) instead of
@@ -103,13 +113,11 @@ def main() -> int:
     ap.add_argument("--torch-batch", type=int, default=2)
     ap.add_argument("--int8", action="store_true", help="also time the int8 (QDQ) variant")
     ap.add_argument("--run", default=None, help="a finetune run (or checkpoint) to benchmark instead of a random net")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="back-to-back rounds of every variant (default 3; 1 with --smoke); ratios: median, min, max")
     args = ap.parse_args()
     report = _common.Report("runtime", args)
     if _common.skip_without_cuda(report):
         return report.finish()
-    size = tuple(args.volume or _common.pick(args.size, (48, 48, 40), (240, 240, 155), (240, 240, 155)))
+    size = tuple(args.volume or _common.pick(args.size, (48, 48, 40), (192, 192, 128), (240, 240, 155)))
     patch = args.patch or _common.pick(args.size, 32, 128, 128)
     widths = args.widths or _common.pick(args.size, [8, 16, 32], None, None)
     batches = args.batches or _common.pick(args.size, [2], [2], [1, 2, 4])
@@ -191,30 +199,33 @@ def main() -> int:
         cl_synth.predict = cl_predict
         cl_predict(warm)
         variants["torch channels_last_3d"] = (cl_synth.synthesize, args.torch_batch)
-    times = {k: [] for k in variants}
     outs = {}
-    repeats = args.repeats or _common.pick(args.size, 1, 3, 3)
-    for r in range(repeats):  # round robin: every variant once per round, so load drifts hit them alike
-        for k, (fn, b) in variants.items():
-            t = time.perf_counter()
+
+    def run(k, fn, b):
+        def go():
             outs[k] = fn(vols, batch_size=b)
-            times[k].append(report.figure(f"{k} window batch {b} (round {r + 1})", time.perf_counter() - t, "s"))
+        return go
+
+    print("window batch: " + ", ".join(f"{k} {b}" for k, (_, b) in variants.items()), flush=True)
+    # round robin: every variant once per round, so load drifts hit them alike
+    times = _common.rounds({k: run(k, fn, b) for k, (fn, b) in variants.items()}, _common.repeats(args), report=report)
     diff = max(float(np.abs(outs[f"ort b{batches[0]}"][c] - outs["torch"][c]).max()) for c in outs["torch"])
     report.figure("max |ORT - torch| over the volume", diff, "z")
+    what = "whole volume" if size == (240, 240, 155) else f"volume {'x'.join(map(str, size))}"
     best_b = min((k for k in times if k.startswith("ort")), key=lambda k: statistics.median(times[k]))
-    report.ratio_runs("torch eager / onnxruntime CPU EP (whole volume)", times["torch"], times[best_b], goal=2,
+    report.ratio_runs(f"torch eager / onnxruntime CPU EP ({what})", times["torch"], times[best_b], goal=2,
                       note=f"best batch: {best_b}")
     if "torch channels_last_3d" in times:
-        report.ratio_runs("torch channels_last_3d / onnxruntime CPU EP (whole volume)",
+        report.ratio_runs(f"torch channels_last_3d / onnxruntime CPU EP ({what})",
                           times["torch channels_last_3d"], times[best_b], goal=None,
                           note="oneDNN's blocked 3D convolutions; onnxruntime's CPU Conv3D has none")
     if "openvino" in times:
         report.figure("max |OpenVINO EP - torch| over the volume",
                       max(float(np.abs(outs["openvino"][c] - outs["torch"][c]).max()) for c in outs["torch"]), "z")
-        report.ratio_runs("torch eager / onnxruntime OpenVINO EP (whole volume)", times["torch"], times["openvino"],
+        report.ratio_runs(f"torch eager / onnxruntime OpenVINO EP ({what})", times["torch"], times["openvino"],
                           goal=2, note="onnxruntime-openvino build (cclray[runtime] on x86-64 Linux)")
         if "torch channels_last_3d" in times:
-            report.ratio_runs("torch channels_last_3d / onnxruntime OpenVINO EP (whole volume)",
+            report.ratio_runs(f"torch channels_last_3d / onnxruntime OpenVINO EP ({what})",
                               times["torch channels_last_3d"], times["openvino"], goal=1.5,
                               note="issue 19's goal: the runtime >= 1.5x the best torch CPU path")
 
@@ -222,9 +233,9 @@ def main() -> int:
         fp32 = "openvino" if k == "openvino int8" else best_b
         report.figure(f"max |{k} - fp32| over the volume",
                       max(float(np.abs(outs[k][c] - outs[fp32][c]).max()) for c in outs[fp32]), "z")
-        report.ratio_runs(f"onnxruntime {fp32} fp32 / {k} (whole volume)", times[fp32], times[k], goal=None)
+        report.ratio_runs(f"onnxruntime {fp32} fp32 / {k} ({what})", times[fp32], times[k], goal=None)
         if "torch channels_last_3d" in times:
-            report.ratio_runs(f"torch channels_last_3d / {k} (whole volume)", times["torch channels_last_3d"],
+            report.ratio_runs(f"torch channels_last_3d / {k} ({what})", times["torch channels_last_3d"],
                               times[k], goal=1.5, note="issue 19's goal, int8 (quality: `cclray export --quantize`)")
 
     if full and args.device == "cpu":

@@ -15,10 +15,19 @@ real HTTP round trip; tests/s3server.py):
 The server is a Python process on the same cores: absolute times are those of this server, not of a
 cloud bucket (whose per-request latency is higher, which favours the fewer, larger requests of the
 chunked store even more). The ratios are the point.
+
+Repetitions (``--repeats``, default 3): patch reads in blocks of fresh random boxes (a repetition's ratio:
+the methods' medians over its block); checkpoints round robin (local save, restore, S3 save, restore).
+Each ratio is min / median / max over the repetitions.
+
+- ``--quick``: the 2-subject phantom store (made once under --work) uploaded to the server, 3 blocks of 4
+  boxes; 3 checkpoint rounds of the default network (45 MB).
+- full (no flag): 4 subjects, 3 blocks of 14 boxes. ``--smoke``: 1 synthetic subject, 2 blocks of 2 boxes.
 """
 from __future__ import annotations
 
 import gzip
+import shutil
 import sys
 import tempfile
 import time
@@ -43,7 +52,7 @@ def upload_tree(local: Path, url: str) -> None:
     fs.put(str(local), url[len("s3://"):], recursive=True)
 
 
-def patch_reads(report, work: Path, s3: S3Server, n: int, patches: int, source: str) -> None:
+def patch_reads(report, work: Path, s3: S3Server, n: int, per_round: int, reps: int, source: str) -> None:
     import nibabel as nib
     import s3fs
 
@@ -86,21 +95,30 @@ def patch_reads(report, work: Path, s3: S3Server, n: int, patches: int, source: 
     shapes = {s: tuple(a["shape"]) for s, a in attrs.items()}
     from bench_patch_reads import random_boxes, run_boxes
 
-    boxes = random_boxes(rng, shapes, 64, patches)
+    boxes = random_boxes(rng, shapes, 64, reps * per_round)
     run_boxes(methods, lambda s: None, boxes[:1])  # connections, imports
     got = {name: fn(*boxes[0]) for name, fn in methods.items()}  # same box: same store values, same shape
     np.testing.assert_array_equal(got["PatchReader (tensorstore s3)"], got["zarr-python + s3fs"])
     assert got["nibabel .nii.gz from S3"].shape == got["zarr-python + s3fs"].shape
-    times = run_boxes(methods, lambda s: None, boxes)
-    med = {k: _common.median(v) for k, v in times.items()}
-    for name, t in med.items():
-        report.figure(f"64³ patch from S3: {name}", 1e3 * t, "ms", patches=len(boxes), subjects=len(sids))
-    report.ratio("S3 64³ patch: nibabel .nii.gz / PatchReader (tensorstore)",
-                 med["nibabel .nii.gz from S3"] / med["PatchReader (tensorstore s3)"], goal=None,
-                 note="whole-file fetch + gunzip per patch vs the chunks a patch touches")
-    report.ratio("S3 64³ patch: zarr-python+s3fs / PatchReader (tensorstore)",
-                 med["zarr-python + s3fs"] / med["PatchReader (tensorstore s3)"], goal=None,
-                 note="> 1: tensorstore is the faster S3 reader")
+    blocks = iter([boxes[i * per_round:(i + 1) * per_round] for i in range(reps)])
+    times: dict[str, list[float]] = {k: [] for k in methods}
+
+    def block():  # one repetition: a block of boxes, the methods interleaved box by box
+        got = run_boxes(methods, lambda s: None, next(blocks))
+        for k, v in got.items():
+            times[k] += v
+        return {k: _common.median(v) for k, v in got.items()}
+
+    per = _common.rounds({"block": block}, reps)
+    for name, ts in times.items():
+        report.figure(f"64³ patch from S3: {name}", 1e3 * _common.median(ts), "ms", patches=len(boxes),
+                      subjects=len(sids))
+    reader = per["PatchReader (tensorstore s3)"]
+    report.ratio_runs("S3 64³ patch: nibabel .nii.gz / PatchReader (tensorstore)", per["nibabel .nii.gz from S3"],
+                      reader, goal=None, note="whole-file fetch + gunzip per patch vs the chunks a patch touches; "
+                                              f"each repetition: the medians over {per_round} boxes")
+    report.ratio_runs("S3 64³ patch: zarr-python+s3fs / PatchReader (tensorstore)", per["zarr-python + s3fs"],
+                      reader, goal=None, note="> 1: tensorstore is the faster S3 reader")
 
 
 def checkpoints(report, s3: S3Server, repeat: int) -> None:
@@ -141,23 +159,24 @@ def checkpoints(report, s3: S3Server, repeat: int) -> None:
             ckpt = load_checkpoint(find_checkpoint(run, "latest"), stage="finetune")
             times[f"{where} restore"].append(time.perf_counter() - t)
             assert int(ckpt["step"]) == i + 1
+    shutil.rmtree(local_root, ignore_errors=True)
     for k, v in times.items():
         report.figure(f"checkpoint {k}", 1e3 * _common.median(v), "ms", bytes=size[k.split()[0]], repeat=repeat)
-    for op in ("save", "restore"):
-        report.ratio(f"checkpoint {op}: S3 / local", _common.median(times[f"S3 {op}"])
-                     / _common.median(times[f"local {op}"]), goal=None, note=f"{size['S3'] / 1e6:.1f} MB checkpoint")
+    for op in ("save", "restore"):  # round i: local then S3, save then restore
+        report.ratio_runs(f"checkpoint {op}: S3 / local", times[f"S3 {op}"], times[f"local {op}"], goal=None,
+                          note=f"{size['S3'] / 1e6:.1f} MB checkpoint")
 
 
 def main() -> int:
     ap = _common.parser(__doc__)
     args = ap.parse_args()
     report = _common.Report("s3", args)
-    source, n, patches, repeat = _common.pick(args.size, ("synthetic", 1, 4, 2), ("phantom", 2, 12, 3),
-                                              ("phantom", 4, 40, 5))
+    source, n, per_round = _common.pick(args.size, ("synthetic", 1, 2), ("phantom", 2, 4), ("phantom", 4, 14))
+    reps = _common.repeats(args)
     with S3Server() as s3:
         report.note(f"S3 API: moto server at {s3.endpoint} (a local process, HTTP over loopback)")
-        patch_reads(report, Path(args.work), s3, n, patches, source)
-        checkpoints(report, s3, repeat)
+        patch_reads(report, Path(args.work), s3, n, per_round, reps, source)
+        checkpoints(report, s3, reps)
     return report.finish()
 
 

@@ -1,5 +1,5 @@
 """Smoke test of the benchmarks: ``run_all.py --smoke`` runs every benchmark at its tiniest size and
-each one reports finite ratios. No timed assertion: the machine is shared, figures are for people."""
+each one reports finite ratios, each over repetitions (min / median / max). No timed assertion: the machine is shared, figures are for people."""
 import json
 import math
 import subprocess
@@ -27,6 +27,8 @@ def test_run_all_smoke_gives_every_benchmark_a_finite_ratio(tmp_path):
         assert rec["ratios"], f"{name} reported no ratio"
         for r in rec["ratios"]:
             assert math.isfinite(r["value"]) and r["value"] > 0, (name, r)
+            assert r["n"] == len(r["runs"]) >= 2, (name, r)  # --smoke: 2 back-to-back repetitions per ratio
+            assert r["min"] <= r["median"] == r["value"] <= r["max"], (name, r)
         assert rec["machine"]["cores"] >= 1 and len(rec["machine"]["loadavg"]) == 3
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in BENCHES)
