@@ -39,3 +39,11 @@ def test_too_few_subjects_is_a_clear_error(tmp_path):
     url = make_tiny_store(tmp_path / "s.zarr", shape=(16, 16, 16), splits={"a": 3})["url"]
     with pytest.raises(SystemExit, match="more than --fit 5"):
         realism.realism(url, fit=5)
+
+
+def test_each_rotation_fits_on_its_own_block_and_scores_the_rest(tmp_path):
+    url = make_tiny_store(tmp_path / "s.zarr", shape=(16, 16, 16), splits={"a": 6})["url"]
+    res = realism.realism(url, fit=2, block=2, max_iter=10)
+    assert res["fit_subjects"] == ["S04", "S05"] and set(res["per_subject"]) == {"S00", "S01", "S02", "S03"}
+    with pytest.raises(SystemExit, match="fit block 4"):
+        realism.realism(url, fit=2, block=3)
