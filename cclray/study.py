@@ -253,7 +253,8 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     counts = {k: sum(j.kind == k for j in jobs) for k in ("pretrain", "finetune", "regressor", "evaluate")}
     say(f"study: {cfg.folds} fold(s) x seeds {list(cfg.seeds)} x n {list(cfg.finetune_sizes)}; arms "
         f"{list(cfg.arms)}; {cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}, "
-        f"pretrain {cfg.pretrain_steps} / finetune {cfg.finetune_steps} steps; jobs {counts}")
+        f"pretrain {cfg.pretrain_steps} / finetune {cfg.finetune_steps} steps ({cfg.finetune_schedule}"
+        f"{', augmented' if cfg.augment else ''}); jobs {counts}")
     if "CCL-mixed" in cfg.arms:
         n_mix = check_mix_store(cfg)
         say(f"CCL-mixed pretrains on each fold's pretrain split plus {n_mix} subjects of {cfg.mix_store} "

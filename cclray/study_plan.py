@@ -60,6 +60,11 @@ class StudyConfig(FrozenConfig):
     pretrain_steps: int = 3000
     finetune_steps: int = 600
     steps_per_epoch: int = 20
+    # finetuning's learning-rate schedule (every finetuned arm alike): "plateau" (the stage default: halve on a
+    # flat validation L1, patience 3 epochs) or "cosine" over the run; measured on phantom v2, plateau on a noisy
+    # 5-subject validation set had taken the ceiling's rate from 1e-3 to 1e-5 by step 1300 of 2000 (RESULTS.md)
+    finetune_schedule: str = "plateau"
+    augment: bool = False  # finetuning patches flipped, rotated and scaled (PatchConfig.augment), every arm alike
     external_pretrain: str = ""  # CCL-external: a pretrain run folder ("{seed}" is replaced by the seed)
     mix_store: str = ""  # CCL-mixed: the other store pretrained on with this study's pretrain split
     mix_split: str = "s.f0.pretrain"  # its split(s) (default: a study store's fold-0 pretrain subjects)
@@ -86,6 +91,8 @@ class StudyConfig(FrozenConfig):
             v = getattr(self, k)
             require(v >= 1 and (v % self.steps_per_epoch == 0),
                     f"StudyConfig.{k}={v} must be a positive multiple of steps_per_epoch={self.steps_per_epoch}")
+        require(self.finetune_schedule in ("plateau", "cosine", "constant"),
+                f"StudyConfig.finetune_schedule={self.finetune_schedule!r}: use plateau, cosine or constant")
         stride = 2 ** (len(self.widths) - 1)
         require(self.patch % stride == 0, f"StudyConfig.patch={self.patch} must be a multiple of the stride {stride}")
 
@@ -168,13 +175,20 @@ class Job:
     deps: tuple[str, ...] = ()
 
 
-def stage_dict(cfg: StudyConfig, store: str, split: str, steps: int, seed: int) -> dict:
-    """A PretrainConfig / FinetuneConfig dict with the study's sizes."""
-    return {"store": store, "split": split, "seed": seed,
+def stage_dict(cfg: StudyConfig, store: str, split: str, steps: int, seed: int, finetune: bool = False) -> dict:
+    """A PretrainConfig (or, with ``finetune``, FinetuneConfig) dict with the study's sizes. The finetuning
+    schedule and augmentation are written only when they differ from the stage defaults, so the jobs of a
+    study recorded before these settings keep their specs."""
+    spec = {"store": store, "split": split, "seed": seed,
             "model": {"widths": list(cfg.widths), "groups": min(8, cfg.widths[0]), "proj_stride": cfg.proj_stride},
             "patch": {"patch_size": [cfg.patch] * 3, "batch_size": cfg.batch, "num_workers": cfg.loader_workers},
             "epochs": steps // cfg.steps_per_epoch, "steps_per_epoch": cfg.steps_per_epoch,
             "num_workers": cfg.workers}
+    if finetune and cfg.finetune_schedule != "plateau":
+        spec["lr_schedule"] = cfg.finetune_schedule
+    if finetune and cfg.augment:
+        spec["patch"]["augment"] = True
+    return spec
 
 
 def plan(cfg: StudyConfig, store: str, test_store: str | None = None, inputs_constraint: str = "") -> list[Job]:
@@ -202,7 +216,7 @@ def plan(cfg: StudyConfig, store: str, test_store: str | None = None, inputs_con
                         spec["extra"] = [{"store": cfg.mix_store, "split": cfg.mix_split}]
                     jobs.append(Job("pretrain", path, spec))
             if "Supervised-all" in arms:
-                spec = stage_dict(cfg, store, f"{sp('pretrain')},{sp('finetune')}", cfg.finetune_steps, seed)
+                spec = stage_dict(cfg, store, f"{sp('pretrain')},{sp('finetune')}", cfg.finetune_steps, seed, True)
                 jobs.append(Job("finetune", f"{root}/supervised_all", {**spec, "val_split": sp("val")}))
             for n in cfg.finetune_sizes:
                 jobs += _size_jobs(cfg, store, test_store, f, seed, n, pre)
@@ -214,7 +228,7 @@ def _size_jobs(cfg: StudyConfig, store: str, test_store: str | None, f: int, see
     """The finetunings, the floor and the evaluation of one (fold, seed, n)."""
     root, arms = f"f{f}/seed{seed}", set(cfg.arms)
     split = split_name(f, f"finetune_n{n}")
-    base = {**stage_dict(cfg, store, split, cfg.finetune_steps, seed), "val_split": split_name(f, "val")}
+    base = {**stage_dict(cfg, store, split, cfg.finetune_steps, seed, True), "val_split": split_name(f, "val")}
     runs: dict[str, str] = {}
     jobs = []
     if "Regressor" in arms:

@@ -58,7 +58,8 @@ def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
              "Everything else is secondary.", "",
              f"Design: {cfg.folds} fold(s), seeds {list(cfg.seeds)}, finetune sizes n = {list(cfg.finetune_sizes)}; "
              f"{cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}; "
-             f"pretraining {cfg.pretrain_steps} steps, finetuning {cfg.finetune_steps} steps.", ""]
+             f"pretraining {cfg.pretrain_steps} steps, finetuning {cfg.finetune_steps} steps "
+             f"({cfg.finetune_schedule} learning rate{', augmented patches' if cfg.augment else ''}).", ""]
     for n, views in by_n.items():
         for key, view in views.items():
             label = "primary" if key == "masked/brain" else "secondary"

@@ -28,6 +28,10 @@ def add_arguments(p) -> None:
     p.add_argument("--spacing", type=float, help="mm of the store (default: the preset's, 2)")
     p.add_argument("--pretrain-steps", type=int, help="override the preset's pretraining steps")
     p.add_argument("--finetune-steps", type=int, help="override the preset's finetuning steps")
+    p.add_argument("--finetune-schedule", choices=["plateau", "cosine", "constant"],
+                   help="finetuning's learning-rate schedule, every arm alike (default plateau, the stage default)")
+    p.add_argument("--augment", action="store_true", default=None,
+                   help="flip, rotate and scale the finetuning patches, every arm alike (PatchConfig.augment)")
     p.add_argument("--local", action="store_true",
                    help="train in this machine's processes without Ray (world size 1); with --parallel N jobs at once")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once with --local (default 1)")
@@ -47,7 +51,8 @@ def run(args) -> int:
                                              ("phantom_version", "phantom_version"), ("spacing", "spacing"),
                                              ("pretrain_steps", "pretrain_steps"),
                                              ("finetune_steps", "finetune_steps"), ("workers", "workers"),
-                                             ("external_pretrain", "external_pretrain"))
+                                             ("external_pretrain", "external_pretrain"),
+                                             ("finetune_schedule", "finetune_schedule"), ("augment", "augment"))
             if getattr(args, a) is not None}
     if args.mix_store:
         from pathlib import Path

@@ -143,6 +143,25 @@ def test_a_rerun_may_add_seeds_sizes_and_arms_but_not_drop_them(tmp_path):
             check_same_study(old, json.loads(json.dumps({"config": fewer.to_dict(), "src": None})), tmp_path / "s.json")
 
 
+def test_finetune_schedule_and_augment_reach_every_finetuned_arm_and_only_them():
+    from cclray.config import stage_config
+
+    cfg = PRESETS["pilot"].replace(finetune_sizes=(2,), arms=("Regressor", "Baseline", "CCL", "Baseline-matched",
+                                                              "Supervised-all"))
+    default = {j.path: j for j in plan(cfg, "/s.zarr")}
+    assert all("lr_schedule" not in j.spec and "augment" not in j.spec.get("patch", {}) for j in default.values())
+    jobs = plan(cfg.replace(finetune_schedule="cosine", augment=True), "/s.zarr")
+    for j in jobs:
+        if j.kind == "finetune":
+            c = stage_config("finetune", {k: v for k, v in j.spec.items() if k != "init"})
+            assert c.lr_schedule == "cosine" and c.patch.augment, j.path
+        elif j.kind == "pretrain":
+            c = stage_config("pretrain", j.spec)
+            assert not c.patch.augment and j.spec == default[j.path].spec, j.path
+    with pytest.raises(ConfigError, match="finetune_schedule"):
+        cfg.replace(finetune_schedule="step")
+
+
 def test_an_evaluation_is_done_only_for_the_runs_it_scored(tmp_path):
     from cclray.study import DONE, is_done
     from cclray.study_plan import Job
