@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from cclray.config import LR_SCHEDULES, FinetuneConfig
 from data_prep.config import FrozenConfig, require
 from data_prep.splits import PAPER_SPLITS, make_splits
 
@@ -63,7 +64,7 @@ class StudyConfig(FrozenConfig):
     # finetuning's learning-rate schedule (every finetuned arm alike): "plateau" (the stage default: halve on a
     # flat validation L1, patience 3 epochs) or "cosine" over the run; measured on phantom v2, plateau on a noisy
     # 5-subject validation set had taken the ceiling's rate from 1e-3 to 1e-5 by step 1300 of 2000 (RESULTS.md)
-    finetune_schedule: str = "plateau"
+    finetune_schedule: str = FinetuneConfig.lr_schedule
     augment: bool = False  # finetuning patches flipped, rotated and scaled (PatchConfig.augment), every arm alike
     external_pretrain: str = ""  # CCL-external: a pretrain run folder ("{seed}" is replaced by the seed)
     mix_store: str = ""  # CCL-mixed: the other store pretrained on with this study's pretrain split
@@ -91,8 +92,8 @@ class StudyConfig(FrozenConfig):
             v = getattr(self, k)
             require(v >= 1 and (v % self.steps_per_epoch == 0),
                     f"StudyConfig.{k}={v} must be a positive multiple of steps_per_epoch={self.steps_per_epoch}")
-        require(self.finetune_schedule in ("plateau", "cosine", "constant"),
-                f"StudyConfig.finetune_schedule={self.finetune_schedule!r}: use plateau, cosine or constant")
+        require(self.finetune_schedule in LR_SCHEDULES,
+                f"StudyConfig.finetune_schedule={self.finetune_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
         stride = 2 ** (len(self.widths) - 1)
         require(self.patch % stride == 0, f"StudyConfig.patch={self.patch} must be a multiple of the stride {stride}")
 
@@ -184,7 +185,7 @@ def stage_dict(cfg: StudyConfig, store: str, split: str, steps: int, seed: int, 
             "patch": {"patch_size": [cfg.patch] * 3, "batch_size": cfg.batch, "num_workers": cfg.loader_workers},
             "epochs": steps // cfg.steps_per_epoch, "steps_per_epoch": cfg.steps_per_epoch,
             "num_workers": cfg.workers}
-    if finetune and cfg.finetune_schedule != "plateau":
+    if finetune and cfg.finetune_schedule != FinetuneConfig.lr_schedule:
         spec["lr_schedule"] = cfg.finetune_schedule
     if finetune and cfg.augment:
         spec["patch"]["augment"] = True
