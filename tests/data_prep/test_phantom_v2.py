@@ -7,12 +7,12 @@ from data_prep.schema import CONTRASTS
 
 SEED = 123
 ALL_KINDS = ("nonenhancing", "haemorrhage", "cyst", "calcification")
-#: the parts added after commit 1983e6e, all off: v2 must then make 1983e6e's bytes
+#: the parts added after commit 1983e6e, all off: v2 must then make 1983e6e's cohort (V2_1983E6E)
 ADDED_OFF = dict(t2w_bias=False, slice_sampling=False, misreg_mm=1.0)
 #: v2 subjects (4 mm, cohort seed 7) made by commit 1983e6e, as a fingerprint rather than bytes: per contrast the
 #: int16 image's mean, std and intensity-weighted centroid (voxels), and the seg's label counts. A sha256 of the
-#: bytes was pinned first and broke on another machine with 1983e6e's own code (one rounding in the float path,
-#: numpy/scipy builds differ); the fingerprint still moves with any change to a draw, a map or a part.
+#: bytes was pinned first and broke for subject 1 on a fresh environment with 1983e6e's own code (library builds or
+#: CPU; the cause was not isolated); the fingerprint still moves with any change to a draw, a map or a part.
 V2_1983E6E = [
     {"t1w": [501.759, 887.478, 30.7713, 28.4755, 15.8693], "t1gd": [298.498, 536.526, 30.8809, 28.4827, 15.6685],
      "t2w": [364.505, 639.382, 30.874, 28.264, 15.5839], "flair": [203.807, 356.497, 30.7587, 28.1526, 15.2759],
