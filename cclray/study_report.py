@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from cclray.study_plan import ARMS, Job, StudyConfig
 
 VIEWS = (("masked", "brain"), ("masked", "tumor"), ("brasyn", "brain"))
@@ -73,11 +75,12 @@ def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
 
 def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
     """Primary endpoint vs n: each arm's mean with its 95 % CI band (left); CCL − Baseline and the other
-    arms' paired differences with their CIs (right)."""
+    arms' paired differences with their CIs (middle); every test subject's own CCL − Baseline at each n
+    (right, :func:`subject_differences`), so a mean carried by a few subjects shows as such."""
     from data_prep.figures import new_figure, save_png
 
-    fig = new_figure((11, 4.2))
-    ax, dx = fig.subplots(1, 2)
+    fig = new_figure((15, 4.2))
+    ax, dx, sx = fig.subplots(1, 3)
     ns = sorted(primary_by_n)
     arms = [a for a in ARMS if any(a in primary_by_n[n]["table"] for n in ns)]
     for arm in arms:
@@ -95,10 +98,31 @@ def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
                         yerr=[[s["mean"] - s["ci"][0] for _, s in d], [s["ci"][1] - s["mean"] for _, s in d]],
                         marker="o", capsize=3, label=f"{arm} − Baseline", color=colour)
     dx.axhline(0, color="k", lw=0.8)
-    for a, title in ((ax, "T1w SSIM (masked, brain), mean [95 % CI]"),
-                     (dx, "paired difference to Baseline [95 % CI]")):
+    arm, points = subject_differences(primary_by_n)
+    for i, (n, diffs) in enumerate(points):
+        jitter = np.linspace(-0.15, 0.15, len(diffs)) if len(diffs) > 1 else np.zeros(1)
+        sx.scatter(n + jitter * max(1, n / 4), sorted(diffs), s=14, color=f"C{ARMS.index(arm)}", alpha=0.8,
+                   label=f"one test subject ({arm} − Baseline)" if i == 0 else None)
+        sx.text(n, max(diffs), f"{sum(d > 0 for d in diffs)}/{len(diffs)} > 0", fontsize=7, va="bottom", ha="center")
+    sx.axhline(0, color="k", lw=0.8)
+    panels = ((ax, "T1w SSIM (masked, brain), mean [95 % CI]"), (dx, "paired difference to Baseline [95 % CI]"),
+              (sx, "per test subject, seeds averaged"))
+    for a, title in panels:
         a.set_xlabel("finetune subjects n")
         a.set_xticks(ns)
         a.set_title(title, fontsize=10)
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
     return save_png(fig, path)
+
+
+def subject_differences(primary_by_n: dict[int, dict]) -> tuple[str, list[tuple[int, list[float]]]]:
+    """The arm shown per subject (CCL, else the first other arm with a difference to Baseline) and, per n,
+    its test subjects' T1w SSIM differences to Baseline (each subject's seeds averaged)."""
+    arms = [a for a in ARMS if any(a in v.get("minus_baseline", {}) for v in primary_by_n.values())]
+    if not arms:
+        return "CCL", []
+    arm = "CCL" if "CCL" in arms else arms[0]
+    return arm, [(n, list(v["minus_baseline"][arm]["t1w"]["ssim"]["per_subject"].values()))
+                 for n, v in sorted(primary_by_n.items())
+                 if v.get("minus_baseline", {}).get(arm, {}).get("t1w", {}).get("ssim", {}).get("per_subject")]

@@ -117,6 +117,20 @@ def test_report_tables_and_figure_include_the_mixed_arm(tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 5000
 
 
+def test_the_figure_shows_each_subjects_own_difference():
+    from cclray.study_report import subject_differences
+
+    def view(per_subject):
+        diff = {"t1w": {"ssim": {"per_subject": per_subject}}}
+        return {"minus_baseline": {"Regressor": {"t1w": {"ssim": {"per_subject": {"a": 9.0}}}}, "CCL": diff}}
+
+    arm, points = subject_differences({10: view({"a": 0.02, "b": -0.01}), 2: view({"a": 0.03})})
+    assert arm == "CCL" and points == [(2, [0.03]), (10, [0.02, -0.01])]
+    arm, points = subject_differences({2: {"minus_baseline": {"Regressor": view({})["minus_baseline"]["Regressor"]}}})
+    assert arm == "Regressor" and points == [(2, [9.0])]
+    assert subject_differences({2: {"minus_baseline": {}}}) == ("CCL", [])
+
+
 def test_a_rerun_of_a_study_recorded_before_a_new_setting_is_the_same_study(tmp_path):
     from cclray.study import check_same_study
     from data_prep.errors import UserError
