@@ -74,8 +74,8 @@ def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
 
 
 def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
-    """Primary endpoint vs n: each arm's mean with its 95 % CI band (left; an error bar when there is one n); CCL − Baseline and the other
-    arms' paired differences with their CIs (middle); every test subject's own CCL − Baseline at each n
+    """Primary endpoint vs n: each arm's mean with its 95 % CI band (left; an error bar when there is one n);
+    CCL − Baseline and the other arms' paired differences with their CIs (middle); every test subject's own CCL − Baseline at each n
     (right, :func:`subject_differences`), so a mean carried by a few subjects shows as such."""
     from data_prep.figures import new_figure, save_png
 
@@ -83,27 +83,29 @@ def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
     ax, dx, sx = fig.subplots(1, 3)
     ns = sorted(primary_by_n)
     arms = [a for a in ARMS if any(a in primary_by_n[n]["table"] for n in ns)]
+
+    def yerr(stats: list[dict]) -> list[list[float]]:  # a mean's distance to each end of its CI
+        return [[s["mean"] - s["ci"][0] for s in stats], [s["ci"][1] - s["mean"] for s in stats]]
+
     for k, arm in enumerate(arms):
         pts = [(n, primary_by_n[n]["table"][arm]["t1w"]["ssim"]) for n in ns if arm in primary_by_n[n]["table"]]
         # one n: a band has no width, so each arm is an error bar, set a little apart from the others
         shift = (k - (len(arms) - 1) / 2) * 0.04 * ns[0] if len(ns) == 1 else 0.0
         x = [n + shift for n, _ in pts]
         colour = f"C{ARMS.index(arm)}"  # one colour an arm in both panels
-        lo, hi = [s["ci"][0] for _, s in pts], [s["ci"][1] for _, s in pts]
         if len(ns) == 1:
-            ax.errorbar(x, [s["mean"] for _, s in pts], yerr=[[s["mean"] - a for (_, s), a in zip(pts, lo)],
-                        [b - s["mean"] for (_, s), b in zip(pts, hi)]], marker="o", capsize=3, label=arm, color=colour)
+            ax.errorbar(x, [s["mean"] for _, s in pts], yerr=yerr([s for _, s in pts]), marker="o", capsize=3,
+                        label=arm, color=colour)
         else:
             ax.plot(x, [s["mean"] for _, s in pts], marker="o", label=arm, color=colour)
-            ax.fill_between(x, lo, hi, alpha=0.15, color=colour)
+            ax.fill_between(x, [s["ci"][0] for _, s in pts], [s["ci"][1] for _, s in pts], alpha=0.15, color=colour)
         if arm == "Baseline":
             continue
         d = [(n, primary_by_n[n]["minus_baseline"][arm]["t1w"]["ssim"]) for n in ns
              if arm in primary_by_n[n].get("minus_baseline", {})]
         if d:
             dx.errorbar([n + shift for n, _ in d], [s["mean"] for _, s in d],
-                        yerr=[[s["mean"] - s["ci"][0] for _, s in d], [s["ci"][1] - s["mean"] for _, s in d]],
-                        marker="o", capsize=3, label=f"{arm} − Baseline", color=colour)
+                        yerr=yerr([s for _, s in d]), marker="o", capsize=3, label=f"{arm} − Baseline", color=colour)
     dx.axhline(0, color="k", lw=0.8)
     arm, points = subject_differences(primary_by_n)
     for i, (n, diffs) in enumerate(points):
