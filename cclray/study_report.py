@@ -4,7 +4,8 @@ Per finetune size n, the rows of every (fold, seed) evaluation are pooled by see
 subjects), and :func:`cclray.reproduce.aggregate` gives each arm's mean over test subjects (seeds averaged
 per subject first) with a BCa bootstrap 95 % CI, and every arm's paired difference to Baseline with its CI
 and Wilcoxon p. The primary endpoint (T1w SSIM, ``masked``, brain) comes first; tumour and BraSyn-style
-views follow as secondary.
+views follow as secondary. On the primary view, :func:`answer_questions` pairs the arms the design compares
+with each other rather than with Baseline (:data:`QUESTIONS`: CCL − Baseline-matched, Probe-CCL − Probe-random, ...).
 """
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ ARM_NOTES = {
     "CCL-mixed": "finetuning from CCL pretraining on this study's pretrain subjects plus another store's "
                  "(--mix-store, e.g. the phantom's), one cohort sampled per subject",
 }
+# the design's questions that are not "arm − Baseline" (docs/STUDY.md): (B, A, question) -> paired B − A
+QUESTIONS = (
+    ("CCL", "Baseline-matched", "more than optimisation time? (scratch given as many steps in all)"),
+    ("CCL-inputs", "CCL", "does the T1w/T2w information in the constraint map matter?"),
+    ("Probe-CCL", "Probe-random", "how much more of the targets the frozen CCL features hold than random ones"),
+    ("CCL-external", "CCL", "pretraining on another cohort instead of this one"),
+    ("CCL-mixed", "CCL", "another cohort added to this one's pretraining"),
+    ("Supervised-all", "CCL", "how far CCL stays from the ceiling"),
+    ("CCL", "Regressor", "CCL against the voxelwise floor"),
+)
 
 
 def collect(out: Path, jobs: list[Job]) -> dict[int, dict[int, list[dict]]]:
@@ -47,8 +58,44 @@ def collect(out: Path, jobs: list[Job]) -> dict[int, dict[int, list[dict]]]:
     return rows
 
 
+def answer_questions(rows_by_seed: dict[int, list[dict]], method: str = "masked", region: str = "brain") -> dict:
+    """``{"B − A": {"question", contrast: paired_difference}}`` for each of :data:`QUESTIONS` whose two arms
+    were both evaluated (SSIM; pairs need the same subject and seed, as against Baseline)."""
+    from cclray.evaluation.stats import paired_difference
+
+    values: dict = {}  # values[arm][contrast][subject][seed]
+    for seed, rows in rows_by_seed.items():
+        for r in rows:
+            if r["method"] == method and r["region"] == region:
+                values.setdefault(r["run"], {}).setdefault(r["contrast"], {}).setdefault(
+                    r["subject"], {})[seed] = float(r["ssim"])
+    out = {}
+    for b, a, question in QUESTIONS:
+        if a in values and b in values:
+            out[f"{b} − {a}"] = {"question": question, **{c: paired_difference(values[a][c], values[b][c])
+                                                         for c in values[b] if c in values[a]}}
+    return out
+
+
+def render_questions(answers: dict) -> str:
+    """The answers of :func:`answer_questions` as a markdown table (T1w and T2w SSIM, subjects above 0)."""
+    from cclray.evaluation.stats import format_ci
+
+    def cell(d: dict | None) -> str:
+        if not d or not d.get("n"):
+            return "–"
+        above = sum(v > 0 for v in d["per_subject"].values())
+        return f"{format_ci(d, signed=True)}; {above}/{d['n']} > 0"
+
+    lines = ["| paired difference | question | T1w SSIM | T2w SSIM |", "|---|---|---|---|"]
+    lines += [f"| {name} | {a['question']} | {cell(a.get('t1w'))} | {cell(a.get('t2w'))} |"
+              for name, a in answers.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
-    """Write ``table.md`` and ``study.png``; return ``{"by_n": {n: {view: aggregate}}}``."""
+    """Write ``table.md`` and ``study.png``; return ``{"by_n": {n: {view: aggregate}}, "questions": {n: ...}}``
+    (the questions of :data:`QUESTIONS` on the primary view)."""
     from cclray.reproduce import aggregate, render_table
 
     rows = collect(out, jobs)
@@ -62,15 +109,19 @@ def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
              f"{cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}; "
              f"pretraining {cfg.pretrain_steps} steps, finetuning {cfg.finetune_steps} steps "
              f"({cfg.finetune_schedule} learning rate{', augmented patches' if cfg.augment else ''}).", ""]
+    questions = {n: answer_questions(rows[n]) for n in by_n}
     for n, views in by_n.items():
         for key, view in views.items():
             label = "primary" if key == "masked/brain" else "secondary"
             lines += [f"## n = {n} finetune subjects — {key} ({label})", "", render_table(view), ""]
+            if key == "masked/brain" and questions[n]:
+                lines += ["Arm against arm (the design's other questions; same view, paired as above):", "",
+                          render_questions(questions[n]), ""]
     lines += ["Arms:", *[f"- {a}: {ARM_NOTES[a]}" for a in ARMS if a in cfg.arms]]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     if by_n:
         draw_study(out / "study.png", {n: v["masked/brain"] for n, v in by_n.items() if "masked/brain" in v})
-    return {"primary": "masked/brain", "by_n": by_n}
+    return {"primary": "masked/brain", "by_n": by_n, "questions": questions}
 
 
 def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
@@ -85,7 +136,9 @@ def draw_study(path: Path, primary_by_n: dict[int, dict]) -> Path:
     arms = [a for a in ARMS if any(a in primary_by_n[n]["table"] for n in ns)]
 
     def yerr(stats: list[dict]) -> list[list[float]]:  # a mean's distance to each end of its CI
-        return [[s["mean"] - s["ci"][0] for s in stats], [s["ci"][1] - s["mean"] for s in stats]]
+        # clipped at 0: a CI of equal subjects' differences can sit a rounding error off its mean, and
+        # matplotlib refuses negative error bars
+        return [[max(0.0, s["mean"] - s["ci"][0]) for s in stats], [max(0.0, s["ci"][1] - s["mean"]) for s in stats]]
 
     for k, arm in enumerate(arms):
         pts = [(n, primary_by_n[n]["table"][arm]["t1w"]["ssim"]) for n in ns if arm in primary_by_n[n]["table"]]

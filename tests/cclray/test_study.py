@@ -117,6 +117,33 @@ def test_report_tables_and_figure_include_the_mixed_arm(tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 5000
 
 
+def test_the_report_answers_arm_against_arm_questions_paired_by_subject_and_seed(tmp_path):
+    from cclray.evaluation.report import write_metrics_csv
+    from cclray.study_plan import Job
+    from cclray.study_report import answer_questions, write_report
+
+    # probe gaps by subject: s0 +0.10, s1 +0.20, s2 +0.30 (seed 0) and +0.30, +0.20, +0.10 (seed 1) -> +0.2 each
+    gap = {0: [0.10, 0.20, 0.30], 1: [0.30, 0.20, 0.10]}
+    by_seed = {seed: [{"run": arm, "subject": f"s{i}", "contrast": "t1w", "method": "masked", "region": "brain",
+                       "ssim": 0.4 + (g[i] if arm == "Probe-CCL" else 0.0), "mse": 0.1, "psnr": 20.0}
+                      for arm in ("Baseline", "Probe-CCL", "Probe-random") for i in range(3)]
+               for seed, g in gap.items()}
+    answers = answer_questions(by_seed)
+    assert list(answers) == ["Probe-CCL − Probe-random"]  # no other question has both its arms
+    d = answers["Probe-CCL − Probe-random"]["t1w"]
+    assert d["mean"] == pytest.approx(0.2) and d["n"] == 3 and d["n_pairs"] == 6
+    assert d["per_subject"] == pytest.approx({"s0": 0.2, "s1": 0.2, "s2": 0.2})
+    assert answer_questions(by_seed, region="tumor") == {}
+    for seed, rows in by_seed.items():
+        (tmp_path / f"f0/seed{seed}/n2/evaluation").mkdir(parents=True)
+        write_metrics_csv(rows, tmp_path / f"f0/seed{seed}/n2/evaluation/metrics.csv")
+    cfg = PRESETS["smoke"].replace(arms=("Baseline", "CCL", "Probe-CCL", "Probe-random"), seeds=(0, 1))
+    result = write_report(tmp_path, cfg, [Job("evaluate", f"f0/seed{s}/n2/evaluation", {}) for s in (0, 1)])
+    assert result["questions"][2]["Probe-CCL − Probe-random"]["t1w"]["mean"] == pytest.approx(0.2)
+    assert "| Probe-CCL − Probe-random | how much more of the targets" in (tmp_path / "table.md").read_text()
+    assert "3/3 > 0" in (tmp_path / "table.md").read_text()
+
+
 def test_the_figure_shows_each_subjects_own_difference():
     from cclray.study_report import subject_differences
 
