@@ -103,6 +103,19 @@ VIEWS = (("masked", "brain"), ("masked", "tumor"), ("masked", "healthy"), ("bras
          ("brasyn", "tumor"), ("zscored", "brain"))
 
 
+def arm_values(rows_by_seed: dict[int, list[dict]], method: str = "masked", region: str = "brain") -> dict:
+    """``values[arm][contrast][metric][subject][seed]`` of one (method, region) view: the paired layout that
+    :func:`~cclray.evaluation.stats.paired_difference` takes (``values[a][c][m]`` is ``{subject: {seed: value}}``)."""
+    values: dict = {}
+    for seed in sorted(rows_by_seed):
+        for r in rows_by_seed[seed]:
+            if r["method"] == method and r["region"] == region:
+                for m in METRICS:
+                    values.setdefault(r["run"], {}).setdefault(r["contrast"], {}).setdefault(m, {}).setdefault(
+                        r["subject"], {})[seed] = float(r[m])
+    return values
+
+
 def aggregate(rows_by_seed: dict[int, list[dict]], method: str = "masked", region: str = "brain") -> dict:
     """Per arm, contrast and metric: mean over test subjects (each subject's seeds averaged first) with a
     BCa bootstrap 95 % CI over subjects; paired CCL − Baseline (and every arm − Baseline): mean, CI, Wilcoxon p.
@@ -112,14 +125,7 @@ def aggregate(rows_by_seed: dict[int, list[dict]], method: str = "masked", regio
     from cclray.evaluation.stats import mean_ci, paired_difference, subject_means
 
     seeds = sorted(rows_by_seed)
-    # values[arm][contrast][metric][subject][seed]
-    values: dict = {}
-    for seed in seeds:
-        for r in rows_by_seed[seed]:
-            if r["method"] == method and r["region"] == region:
-                for m in METRICS:
-                    values.setdefault(r["run"], {}).setdefault(r["contrast"], {}).setdefault(m, {}).setdefault(
-                        r["subject"], {})[seed] = float(r[m])
+    values = arm_values(rows_by_seed, method, region)
     arms = [a for a in ARM_ORDER if a in values] + sorted(a for a in values if a not in ARM_ORDER)
     table = {a: {c: {m: mean_ci({sid: list(v.values()) for sid, v in values[a][c][m].items()})
                      for m in METRICS} for c in CONTRASTS if c in values[a]} for a in arms}

@@ -62,18 +62,14 @@ def answer_questions(rows_by_seed: dict[int, list[dict]], method: str = "masked"
     """``{"B − A": {"question", contrast: paired_difference}}`` for each of :data:`QUESTIONS` whose two arms
     were both evaluated (SSIM; pairs need the same subject and seed, as against Baseline)."""
     from cclray.evaluation.stats import paired_difference
+    from cclray.reproduce import arm_values
 
-    values: dict = {}  # values[arm][contrast][subject][seed]
-    for seed, rows in rows_by_seed.items():
-        for r in rows:
-            if r["method"] == method and r["region"] == region:
-                values.setdefault(r["run"], {}).setdefault(r["contrast"], {}).setdefault(
-                    r["subject"], {})[seed] = float(r["ssim"])
+    values = arm_values(rows_by_seed, method, region)
     out = {}
     for b, a, question in QUESTIONS:
         if a in values and b in values:
-            out[f"{b} − {a}"] = {"question": question, **{c: paired_difference(values[a][c], values[b][c])
-                                                         for c in values[b] if c in values[a]}}
+            out[f"{b} − {a}"] = {"question": question, **{
+                c: paired_difference(values[a][c]["ssim"], values[b][c]["ssim"]) for c in values[b] if c in values[a]}}
     return out
 
 
