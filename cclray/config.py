@@ -253,10 +253,13 @@ class StageConfig(FrozenConfig):
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     # "plateau": ReduceLROnPlateau on the epoch's score (finetune: val L1); patience 3 epochs, so short
     # runs (tens of epochs) still decay a few times. "cosine": cosine decay over the epochs to min_lr.
-    # "constant": no decay. Pretraining defaults to cosine: its only score is the training loss of a
-    # random patch stream, too noisy for plateau detection (measured: plateau took the lr from 1e-3 to
-    # 1e-6 within 1400 of 2000 steps while the CCL loss was still falling at 1e-3).
-    lr_schedule: str = "plateau"
+    # "constant": no decay. Both stages default to cosine. Pretraining: its only score is the training loss
+    # of a random patch stream, too noisy for plateau detection (measured: plateau took the lr from 1e-3 to
+    # 1e-6 within 1400 of 2000 steps while the CCL loss was still falling at 1e-3). Finetuning: plateau on
+    # the validation L1 of 64 patches read their noise as plateaus (the ceiling's lr 6e-5 by step 1080 of
+    # 2000, still under-fitted); cosine over the same steps raised the phantom ceiling's T1w SSIM from 0.805
+    # to 0.825 and scratch's at n = 10 from 0.797 to 0.804 (docs/RESULTS.md section 3).
+    lr_schedule: str = "cosine"  # finetuning's default was plateau until 2026-12-06
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     min_lr: float = 1e-6
@@ -320,7 +323,6 @@ class PretrainConfig(StageConfig):
     """Stage 1: CCL pretraining of ``model`` on ``split`` with constraint map ``constraint``."""
 
     split: str = "pretrain"
-    lr_schedule: str = "cosine"  # see StageConfig.lr_schedule
     constraint: str = DEFAULT_CONSTRAINT  # store array constraint/<name> (`cclray constraint` adds others)
 
     @property
@@ -346,7 +348,7 @@ class FinetuneConfig(StageConfig):
 
     split: str = "finetune"
     init: str | None = None  # pretrain run dir or checkpoint; None = random init (the baseline)
-    val_split: str | None = "val"  # None = no validation (plateau and "best" then use train loss)
+    val_split: str | None = "val"  # None = no validation (a plateau schedule and "best" then use train loss)
     val_every: int = 1  # epochs; checkpoint epochs are always validated
     # fixed validation patches (same seed every time: comparable across epochs). They pick the plateau lr steps
     # and the "best" checkpoint, so not few: 8 patches were one or two subjects' noise (docs/EVALUATION.md)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from cclray.config import LR_SCHEDULES
 from data_prep.config import FrozenConfig, require
 from data_prep.splits import PAPER_SPLITS
 
@@ -36,6 +37,7 @@ class DemoConfig(FrozenConfig):
     pretrain_epochs: int = 8
     finetune_epochs: int = 10
     steps_per_epoch: int = 12
+    finetune_schedule: str = "cosine"  # FinetuneConfig.lr_schedule of every finetuned network
     workers: int = 2  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
     loader_workers: int = 0  # DataLoader workers per rank
@@ -47,6 +49,8 @@ class DemoConfig(FrozenConfig):
         require(self.n_subjects >= 4, f"DemoConfig.n_subjects={self.n_subjects}: need >= 4 (one per split)")
         require(self.splits is not None and sum(self.splits.values()) <= self.n_subjects,
                 f"DemoConfig.splits={self.splits} need at most n_subjects={self.n_subjects} subjects")
+        require(self.finetune_schedule in LR_SCHEDULES, f"DemoConfig.finetune_schedule={self.finetune_schedule!r}: "
+                                                        f"use one of {', '.join(LR_SCHEDULES)}")
         stride = 2 ** (len(self.widths) - 1)
         require(self.patch % stride == 0, f"DemoConfig.patch={self.patch} must be a multiple of the stride {stride}")
 
@@ -70,13 +74,16 @@ PRESETS: dict[str, DemoConfig] = {
 
 def stage_dict(cfg: DemoConfig, store: str, stage: str, epochs: int) -> dict:
     """The stage config (PretrainConfig/FinetuneConfig dict) the demo trains with."""
-    return {
+    spec = {
         "store": store,
         "model": {"widths": list(cfg.widths), "groups": min(8, cfg.widths[0]), "proj_stride": cfg.proj_stride},
         "patch": {"patch_size": [cfg.patch] * 3, "batch_size": cfg.batch, "num_workers": cfg.loader_workers},
         "epochs": epochs, "steps_per_epoch": cfg.steps_per_epoch, "seed": cfg.seed,
         "num_workers": cfg.workers, "use_gpu": cfg.use_gpu,
     }
+    if stage == "finetune":
+        spec["lr_schedule"] = cfg.finetune_schedule
+    return spec
 
 
 class Steps:

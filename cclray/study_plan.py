@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cclray.config import LR_SCHEDULES, FinetuneConfig
+from cclray.config import LR_SCHEDULES
 from data_prep.config import FrozenConfig, require
 from data_prep.splits import PAPER_SPLITS, make_splits
 
@@ -61,10 +61,11 @@ class StudyConfig(FrozenConfig):
     pretrain_steps: int = 3000
     finetune_steps: int = 600
     steps_per_epoch: int = 20
-    # finetuning's learning-rate schedule (every finetuned arm alike): "plateau" (the stage default: halve on a
-    # flat validation L1, patience 3 epochs) or "cosine" over the run; measured on phantom v2, plateau on a noisy
+    # finetuning's learning-rate schedule (every finetuned arm alike): "plateau" (halve on a flat validation L1,
+    # patience 3 epochs; the protocol declared in docs/STUDY.md, kept so recorded studies resume as they ran) or
+    # "cosine" over the run (the stage default since 2026-12-06); measured on phantom v2, plateau on a noisy
     # 5-subject validation set had taken the ceiling's rate from 1e-3 to 1e-5 by step 1300 of 2000 (RESULTS.md)
-    finetune_schedule: str = FinetuneConfig.lr_schedule
+    finetune_schedule: str = "plateau"
     augment: bool = False  # finetuning patches flipped, rotated and scaled (PatchConfig.augment), every arm alike
     external_pretrain: str = ""  # CCL-external: a pretrain run folder ("{seed}" is replaced by the seed)
     mix_store: str = ""  # CCL-mixed: the other store pretrained on with this study's pretrain split
@@ -178,14 +179,13 @@ class Job:
 
 def stage_dict(cfg: StudyConfig, store: str, split: str, steps: int, seed: int, finetune: bool = False) -> dict:
     """A PretrainConfig (or, with ``finetune``, FinetuneConfig) dict with the study's sizes. The finetuning
-    schedule and augmentation are written only when they differ from the stage defaults, so the jobs of a
-    study recorded before these settings keep their specs."""
+    schedule is always written (the study's, not the stage default, which changed); augmentation only when on."""
     spec = {"store": store, "split": split, "seed": seed,
             "model": {"widths": list(cfg.widths), "groups": min(8, cfg.widths[0]), "proj_stride": cfg.proj_stride},
             "patch": {"patch_size": [cfg.patch] * 3, "batch_size": cfg.batch, "num_workers": cfg.loader_workers},
             "epochs": steps // cfg.steps_per_epoch, "steps_per_epoch": cfg.steps_per_epoch,
             "num_workers": cfg.workers}
-    if finetune and cfg.finetune_schedule != FinetuneConfig.lr_schedule:
+    if finetune:
         spec["lr_schedule"] = cfg.finetune_schedule
     if finetune and cfg.augment:
         spec["patch"]["augment"] = True

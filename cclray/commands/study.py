@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pretrain-steps", type=int, help="override the preset's pretraining steps")
     p.add_argument("--finetune-steps", type=int, help="override the preset's finetuning steps")
     p.add_argument("--finetune-schedule", choices=["plateau", "cosine", "constant"],
-                   help="finetuning's learning-rate schedule, every arm alike (default plateau, the stage default)")
+                   help="finetuning's learning-rate schedule, every arm alike (default plateau, the declared protocol; the stage default is cosine)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="flip, rotate and scale the finetuning patches, every arm alike (PatchConfig.augment)")
     p.add_argument("--local", action="store_true",

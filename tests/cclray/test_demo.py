@@ -24,10 +24,23 @@ def test_paper_preset_has_the_papers_sizes():
     ({"n_subjects": 3}, "n_subjects"),
     ({"patch": 18}, "stride"),
     ({"splits": {"pretrain": 9, "finetune": 1, "val": 1, "test": 1}, "n_subjects": 6}, "splits"),
+    ({"finetune_schedule": "step"}, "finetune_schedule"),
 ])
 def test_bad_demo_config(changes, match):
     with pytest.raises(ConfigError, match=match):
         PRESETS["smoke"].replace(**changes)
+
+
+def test_finetuning_schedule_reaches_the_finetune_stages_only():
+    """The demo finetunes on the stage default (cosine); the reproduction's CPU presets keep the plateau schedule
+    of their recorded runs; pretraining is never given the finetuning schedule."""
+    from cclray.config import stage_config
+    from cclray.demo import stage_dict
+    from cclray.reproduce import PRESETS as REPRO
+
+    for cfg, want in ((PRESETS["cpu-small"], "cosine"), (REPRO["cpu"], "plateau"), (REPRO["cpu-quick"], "plateau")):
+        assert stage_config("finetune", stage_dict(cfg, "s.zarr", "finetune", 3)).lr_schedule == want
+        assert "lr_schedule" not in stage_dict(cfg, "s.zarr", "pretrain", 3)
 
 
 @pytest.mark.ray

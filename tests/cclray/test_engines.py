@@ -76,12 +76,30 @@ def test_scratch_finetune_is_the_baseline_and_load_synthesizer_refuses_pretrain(
         load_synthesizer(pretrain_run[0])
 
 
-def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tiny_store, tmp_path):
-    cfg = _cfg(FinetuneConfig, tiny_store, epochs=4, steps_per_epoch=3)
+class _Killed(Exception):
+    pass
+
+
+class _KilledAfter(LocalContext):
+    """A run killed right after its ``n``-th checkpoint is written."""
+
+    def __init__(self, run_dir, n):
+        super().__init__(run_dir)
+        self.n = n
+
+    def report(self, metrics, checkpoint_dir=None, name=None, keep=None):
+        super().report(metrics, checkpoint_dir, name, keep)
+        if len(self.reports) == self.n:
+            raise _Killed
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(tiny_store, tmp_path, schedule):
+    cfg = _cfg(FinetuneConfig, tiny_store, epochs=4, steps_per_epoch=3, lr_schedule=schedule)
     straight = LocalContext(tmp_path / "a")
     run_finetune(cfg, straight)
-    first = LocalContext(tmp_path / "b")
-    run_finetune(cfg.replace(epochs=2), first)  # "killed" after epoch 2
+    with pytest.raises(_Killed):
+        run_finetune(cfg, _KilledAfter(tmp_path / "b", 2))  # killed after epoch 2
     resumed = LocalContext(tmp_path / "b", resume_from=tmp_path / "b")
     out = run_finetune(cfg, resumed)
     assert (out["start_epoch"], out["start_step"]) == (2, 6)
@@ -102,9 +120,9 @@ def test_missing_constraint_is_a_config_error(tiny_store, tmp_path):
     ("constant", lambda lrs: lrs == [1e-3] * 3),
 ])
 def test_lr_schedules(tiny_store, tmp_path, schedule, expect):
-    """Pretraining defaults to cosine (its noisy train loss is no plateau signal); constant is kept flat."""
+    """Both stages default to cosine (a noisy train or val loss is no plateau signal); constant is kept flat."""
     assert PretrainConfig.from_dict({"store": "s"}).lr_schedule == "cosine"
-    assert FinetuneConfig.from_dict({"store": "s"}).lr_schedule == "plateau"
+    assert FinetuneConfig.from_dict({"store": "s"}).lr_schedule == "cosine"
     ctx = LocalContext(tmp_path)
     run_pretrain(_cfg(PretrainConfig, tiny_store, epochs=3, steps_per_epoch=1, lr_schedule=schedule), ctx)
     lrs = [r["lr"] for r in ctx.reports]  # lr after each epoch's scheduler step

@@ -190,7 +190,13 @@ def test_finetune_schedule_and_augment_reach_every_finetuned_arm_and_only_them()
     cfg = PRESETS["pilot"].replace(finetune_sizes=(2,), arms=("Regressor", "Baseline", "CCL", "Baseline-matched",
                                                               "Supervised-all"))
     default = {j.path: j for j in plan(cfg, "/s.zarr")}
-    assert all("lr_schedule" not in j.spec and "augment" not in j.spec.get("patch", {}) for j in default.values())
+    assert all("augment" not in j.spec.get("patch", {}) for j in default.values())
+    # the study's declared schedule (plateau), written into every finetuning job although the stage default is
+    # cosine: a recorded study resumes as it ran; pretraining keeps its own (cosine)
+    for j in default.values():
+        if j.kind in ("finetune", "pretrain"):
+            c = stage_config(j.kind, {k: v for k, v in j.spec.items() if k != "init"})
+            assert c.lr_schedule == ("plateau" if j.kind == "finetune" else "cosine"), j.path
     jobs = plan(cfg.replace(finetune_schedule="cosine", augment=True), "/s.zarr")
     for j in jobs:
         if j.kind == "finetune":
