@@ -14,7 +14,8 @@ LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is
 the CPU presets leave most of a GPU idle, so several jobs share one.
 
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
-primary endpoint first), ``results.json``, ``study.png`` (primary endpoint vs n, CI bands) and, per
+primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over every invocation, each one in
+``wall_seconds_per_invocation``), ``study.png`` (primary endpoint vs n, CI bands) and, per
 (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
@@ -233,6 +234,18 @@ def check_same_study(old: dict, new: dict, path: Path) -> None:
                         f"the folder to start again (a rerun may only add seeds, finetune sizes or arms to {recorded})")
 
 
+def recorded_wall_seconds(results: Path) -> list[float]:
+    """The wall times of the earlier invocations that wrote ``results`` (none when it is absent or unreadable)."""
+    try:
+        recorded = json.loads(results.read_text())
+    except (OSError, ValueError):
+        return []
+    runs = recorded.get("wall_seconds_per_invocation")
+    if runs is None:  # written before the per-invocation list existed: one total
+        runs = [recorded["wall_seconds"]] if "wall_seconds" in recorded else []
+    return [float(r) for r in runs]
+
+
 def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,
               test_src: str | None = None, backend: str = "ray", device: str = "cpu", parallel: int = 1,
               dry_run: bool = False, say: Callable[[str], None] = print) -> dict:
@@ -277,7 +290,9 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
         add_constraint(store, inputs_spec, workers=cpus)
     run_jobs(jobs, out, backend, device, parallel, say)
     result = write_report(out, cfg, jobs)
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    # every invocation's wall time, so a rerun that only finishes or re-reports keeps what the first runs took
+    runs = [*recorded_wall_seconds(out / "results.json"), round(time.perf_counter() - t0, 1)]
+    result.update(wall_seconds=round(sum(runs), 1), wall_seconds_per_invocation=runs)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     say("\n" + (out / "table.md").read_text())
     return result

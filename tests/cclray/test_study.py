@@ -251,9 +251,13 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
     assert (tmp_path / "study.png").stat().st_size > 5000
     assert "T1w SSIM" in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "f0/seed0/n2/ccl" / DONE).read_text())["kind"] == "finetune"
+    first = json.loads((tmp_path / "results.json").read_text())["wall_seconds"]
     said.clear()
     run_study(tmp_path, cfg, backend="local", device="cpu", say=said.append)
     assert any("already done, 0 to run" in s for s in said)
+    walls = json.loads((tmp_path / "results.json").read_text())  # the report-only rerun keeps the first run's time
+    assert walls["wall_seconds_per_invocation"][0] == first and len(walls["wall_seconds_per_invocation"]) == 2
+    assert walls["wall_seconds"] == pytest.approx(sum(walls["wall_seconds_per_invocation"]), abs=0.05)
     with pytest.raises(UserError, match="other settings"):
         run_study(tmp_path, cfg.replace(seeds=(1,)), backend="local", device="cpu", say=said.append)
     with pytest.raises(UserError, match="other settings"):
@@ -263,3 +267,16 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
                        say=said.append)
     assert any("12 jobs, 6 already done, 6 to run" in s for s in said), said
     assert result["by_n"][2]["masked/brain"]["seeds"] == [0, 1]
+
+
+def test_recorded_wall_seconds_reads_both_layouts(tmp_path):
+    from cclray.study import recorded_wall_seconds
+
+    results = tmp_path / "results.json"
+    assert recorded_wall_seconds(results) == []  # no earlier invocation
+    results.write_text(json.dumps({"wall_seconds": 4502.6}))  # written before the per-invocation list
+    assert recorded_wall_seconds(results) == [4502.6]
+    results.write_text(json.dumps({"wall_seconds": 4504.2, "wall_seconds_per_invocation": [4502.6, 1.6]}))
+    assert recorded_wall_seconds(results) == [4502.6, 1.6]
+    results.write_text("{not json")
+    assert recorded_wall_seconds(results) == []
