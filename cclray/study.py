@@ -14,8 +14,8 @@ LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is
 the CPU presets leave most of a GPU idle, so several jobs share one.
 
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
-primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over every invocation, each one in
-``wall_seconds_per_invocation``), ``study.png`` (primary endpoint vs n, CI bands) and, per
+primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
+each one in ``wall_seconds_per_invocation``; an interrupted one writes none), ``study.png`` (primary endpoint vs n, CI bands) and, per
 (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
