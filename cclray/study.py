@@ -11,11 +11,14 @@ made again (its ``DONE.json`` records the runs it scored).
 Backends: ``ray`` trains every job as a Ray Train ``TorchTrainer`` (:func:`cclray.train.fit`), one after the
 other; ``local`` trains in this machine's processes without Ray (world size 1, :class:`~cclray.engine.
 LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is there) — the small nets of
-the CPU presets leave most of a GPU idle, so several jobs share one.
+the CPU presets leave most of a GPU idle, so several jobs share one. Each local job gets the machine's cores
+divided by ``parallel`` as torch threads unless ``threads`` pins the count; its ``DONE.json`` records the count,
+because on CPU it changes the numbers (a same-seed rerun is bit-identical only with the same count).
 
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
 primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
-each one in ``wall_seconds_per_invocation``; an interrupted one writes none), ``study.png`` (primary endpoint vs n, CI bands) and, per
+each one in ``wall_seconds_per_invocation``; an interrupted one writes none; ``torch_threads``: how many
+training jobs ran with each thread count), ``study.png`` (primary endpoint vs n, CI bands) and, per
 (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
@@ -138,7 +141,7 @@ def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", th
                           split=spec["split"], out_dir=folder, device=device)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
-    done = {"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind}
+    done = {"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind, "threads": torch.get_num_threads()}
     if job.kind == "evaluate":
         done["runs"] = list(spec["runs"])
     (folder / DONE).write_text(json.dumps(done))
@@ -168,18 +171,51 @@ def _train(stage: str, spec: dict, folder: Path, backend: str, device: str) -> N
     run(cfg, ctx)
 
 
+def job_threads(parallel: int = 1, threads: int | None = None) -> int:
+    """The torch threads each local job gets: ``threads`` when pinned, else this machine's cores shared among the
+    ``parallel`` jobs. On CPU the count changes a training run's numbers (the order of its float sums), so a
+    same-seed rerun matches a recorded one bit for bit only with the same count (docs/RESULTS.md section 2)."""
+    if threads is not None:
+        if threads < 1:
+            from data_prep.errors import UserError
+
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        return threads
+    return max(1, (os.cpu_count() or 1) // max(1, parallel))
+
+
+def recorded_threads(jobs: list[Job], root: Path) -> dict[int, int]:
+    """How many finished training jobs ran with each torch thread count (``DONE.json``; older ones did not say)."""
+    counts: dict[int, int] = {}
+    for j in jobs:
+        if j.kind in ("pretrain", "finetune"):
+            try:
+                n = json.loads((Path(root) / j.path / DONE).read_text()).get("threads")
+            except (OSError, ValueError):
+                continue
+            if n is not None:
+                counts[int(n)] = counts.get(int(n), 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = "cpu", parallel: int = 1,
-             say: Callable[[str], None] = print) -> None:
-    """Run every unfinished job, each once its dependencies are done; ``parallel`` at a time (local backend)."""
+             say: Callable[[str], None] = print, threads: int | None = None) -> None:
+    """Run every unfinished job, each once its dependencies are done; ``parallel`` at a time (local backend), each
+    with :func:`job_threads` torch threads."""
     done = {j.path for j in jobs if is_done(j, root)}
 
     def ready(j: Job) -> bool:  # a dependency outside the study (CCL-external) is ready once it has DONE.json
         return all(d in done or (Path(d).is_absolute() and (Path(d) / DONE).exists()) for d in j.deps)
 
     todo = [j for j in jobs if j.path not in done]
+    threads = job_threads(parallel, threads)
     say(f"{len(jobs)} jobs, {len(done)} already done, {len(todo)} to run ({backend} backend, {device}, "
-        f"{parallel} at a time)")
-    threads = max(1, (os.cpu_count() or 1) // max(1, parallel))
+        f"{parallel} at a time" + (f", {threads} torch thread(s) each)" if backend == "local" else ")"))
+    other = {n: c for n, c in recorded_threads(jobs, root).items() if n != threads}
+    if other and todo and backend == "local" and device == "cpu":
+        say(f"note: {sum(other.values())} finished training job(s) ran with {', '.join(map(str, other))} torch "
+            f"thread(s), these with {threads}: on CPU a job rerun with another count does not match bit for bit "
+            f"(pin the count with --threads)")
     if backend == "ray" or parallel <= 1:
         for i, j in enumerate(todo, 1):
             if not ready(j):
@@ -248,7 +284,7 @@ def recorded_wall_seconds(results: Path) -> list[float]:
 
 def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,
               test_src: str | None = None, backend: str = "ray", device: str = "cpu", parallel: int = 1,
-              dry_run: bool = False, say: Callable[[str], None] = print) -> dict:
+              dry_run: bool = False, say: Callable[[str], None] = print, threads: int | None = None) -> dict:
     """Run (or continue) the study into ``out``; returns the aggregated results (see the module docstring)."""
     from cclray.study_report import write_report
 
@@ -288,8 +324,9 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
 
         say("constraint map of the inputs only (T1Gd + FLAIR) for the CCL-inputs arm ...")
         add_constraint(store, inputs_spec, workers=cpus)
-    run_jobs(jobs, out, backend, device, parallel, say)
+    run_jobs(jobs, out, backend, device, parallel, say, threads)
     result = write_report(out, cfg, jobs)
+    result["torch_threads"] = recorded_threads(jobs, out)  # {count: training jobs}; what a bit-exact rerun needs
     # every invocation's wall time, so a rerun that only finishes or re-reports keeps what the first runs took
     runs = [*recorded_wall_seconds(out / "results.json"), round(time.perf_counter() - t0, 1)]
     result.update(wall_seconds=round(sum(runs), 1), wall_seconds_per_invocation=runs)

@@ -35,6 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--local", action="store_true",
                    help="train in this machine's processes without Ray (world size 1); with --parallel N jobs at once")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once with --local (default 1)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads per job with --local (default: this machine's cores // --parallel); on CPU "
+                        "the count changes the numbers' last digits, so pin it to rerun a recorded study bit for bit "
+                        "(results.json's torch_threads says what it used)")
     p.add_argument("--device", default="auto", help="--local: cpu, cuda or auto (cuda when there is a GPU)")
     p.add_argument("--workers", type=int, help="Ray Train workers per job (Ray backend)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
@@ -75,5 +79,5 @@ def run(args) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     run_study(args.out, cfg, src=args.src, test_src=args.test_src, backend="local" if args.local else "ray",
-              device=device, parallel=args.parallel, dry_run=args.dry_run)
+              device=device, parallel=args.parallel, dry_run=args.dry_run, threads=args.threads)
     return 0

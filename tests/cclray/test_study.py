@@ -244,13 +244,15 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
 
     cfg = PRESETS["smoke"].replace(finetune_sizes=(2,), arms=("Regressor", "Baseline", "CCL", "Probe-CCL"))
     said: list[str] = []
-    result = run_study(tmp_path, cfg, backend="local", device="cpu", parallel=1, say=said.append)
+    result = run_study(tmp_path, cfg, backend="local", device="cpu", parallel=1, say=said.append, threads=1)
+    assert result["torch_threads"] == {1: 4}  # the pretraining and three finetunings, each with the pinned count
     view = result["by_n"][2]["masked/brain"]
     assert view["arms"] == ["Regressor", "Baseline", "CCL", "Probe-CCL"] and view["n_test"] == 2
     assert set(view["minus_baseline"]) == {"Regressor", "CCL", "Probe-CCL"}
     assert (tmp_path / "study.png").stat().st_size > 5000
     assert "T1w SSIM" in (tmp_path / "table.md").read_text()
-    assert json.loads((tmp_path / "f0/seed0/n2/ccl" / DONE).read_text())["kind"] == "finetune"
+    assert json.loads((tmp_path / "f0/seed0/n2/ccl" / DONE).read_text()) | {"seconds": 0} == {
+        "kind": "finetune", "threads": 1, "seconds": 0}
     first = json.loads((tmp_path / "results.json").read_text())["wall_seconds"]
     said.clear()
     run_study(tmp_path, cfg, backend="local", device="cpu", say=said.append)
@@ -264,9 +266,22 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
         run_study(tmp_path, cfg.replace(finetune_steps=6), backend="local", device="cpu", say=said.append)
     said.clear()  # adding a seed keeps seed 0's jobs and pools both seeds in the tables
     result = run_study(tmp_path, cfg.replace(seeds=(0, 1)), backend="local", device="cpu", parallel=2,
-                       say=said.append)
-    assert any("12 jobs, 6 already done, 6 to run" in s for s in said), said
+                       say=said.append, threads=2)
+    assert any("12 jobs, 6 already done, 6 to run" in s and "2 torch thread(s) each" in s for s in said), said
+    assert any("4 finished training job(s) ran with 1 torch thread(s), these with 2" in s for s in said), said
     assert result["by_n"][2]["masked/brain"]["seeds"] == [0, 1]
+    assert json.loads((tmp_path / "results.json").read_text())["torch_threads"] == {"1": 4, "2": 4}
+
+
+def test_job_threads_share_the_cores_unless_pinned(monkeypatch):
+    from cclray.study import job_threads
+    from data_prep.errors import UserError
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [job_threads(p) for p in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    assert job_threads(4, threads=3) == 3
+    with pytest.raises(UserError, match="--threads must be at least 1"):
+        job_threads(1, threads=0)
 
 
 def test_recorded_wall_seconds_reads_both_layouts(tmp_path):
