@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int,
                    help="torch threads per job with --local (default: this machine's cores // --parallel); on CPU "
                         "the count changes the numbers' last digits, so pin it to rerun a recorded study bit for bit "
-                        "(results.json's torch_threads says what it used)")
+                        "on the same machine (results.json's torch_threads says what it used)")
     p.add_argument("--device", default="auto", help="--local: cpu, cuda or auto (cuda when there is a GPU)")
     p.add_argument("--workers", type=int, help="Ray Train workers per job (Ray backend)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
