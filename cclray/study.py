@@ -13,7 +13,8 @@ other; ``local`` trains in this machine's processes without Ray (world size 1, :
 LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is there) — the small nets of
 the CPU presets leave most of a GPU idle, so several jobs share one. Each local job gets the machine's cores
 divided by ``parallel`` as torch threads unless ``threads`` pins the count; its ``DONE.json`` records the count,
-because on CPU it changes the numbers (a same-seed rerun is bit-identical only with the same count).
+because on CPU it changes the numbers (a same-seed rerun is bit-identical only with the same count, on the same
+machine).
 
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
 primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
@@ -174,7 +175,8 @@ def _train(stage: str, spec: dict, folder: Path, backend: str, device: str) -> N
 def job_threads(parallel: int = 1, threads: int | None = None) -> int:
     """The torch threads each local job gets: ``threads`` when pinned, else this machine's cores shared among the
     ``parallel`` jobs. On CPU the count changes a training run's numbers (the order of its float sums), so a
-    same-seed rerun matches a recorded one bit for bit only with the same count (docs/RESULTS.md section 2)."""
+    same-seed rerun matches a recorded one bit for bit only with the same count, on the same machine (docs/RESULTS.md
+    section 2)."""
     if threads is not None:
         if threads < 1:
             from data_prep.errors import UserError
