@@ -291,6 +291,7 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     from cclray.study_report import write_report
 
     cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
+    threads = job_threads(parallel, threads)  # a bad --threads is refused before the store is made
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / "study_config.json"

@@ -284,6 +284,15 @@ def test_job_threads_share_the_cores_unless_pinned(monkeypatch):
         job_threads(1, threads=0)
 
 
+def test_a_bad_thread_count_is_refused_before_anything_is_written(tmp_path):
+    from cclray.study import run_study
+    from data_prep.errors import UserError
+
+    with pytest.raises(UserError, match="--threads must be at least 1"):
+        run_study(tmp_path / "s", PRESETS["smoke"], backend="local", threads=0)
+    assert not (tmp_path / "s").exists()
+
+
 def test_recorded_wall_seconds_reads_both_layouts(tmp_path):
     from cclray.study import recorded_wall_seconds
 
