@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from cclray.study_plan import INPUTS_CONSTRAINT, PRESETS, Job, StudyConfig, plan, study_splits
+from data_prep.errors import UserError
 
 log = logging.getLogger(__name__)
 DONE = "DONE.json"
@@ -63,8 +64,6 @@ def prepare_store(out: Path, cfg: StudyConfig, src: str | None, name: str = "sto
     report = run_prep(src, str(store), PrepConfig(splits={"all": max(1, n)}, spacing=spacing), workers=workers)
     say(f"  {report.summary()}")
     if not report.subjects:
-        from data_prep.errors import UserError
-
         raise UserError(f"{src}: no subject could be prepared ({len(report.failed)} failed); see {store}")
     (store / DONE).write_text(json.dumps({"subjects": len(report.subjects)}))
     return str(store)
@@ -179,8 +178,6 @@ def job_threads(parallel: int = 1, threads: int | None = None) -> int:
     section 2)."""
     if threads is not None:
         if threads < 1:
-            from data_prep.errors import UserError
-
             raise UserError(f"--threads must be at least 1, not {threads}")
         return threads
     return max(1, (os.cpu_count() or 1) // max(1, parallel))
@@ -221,8 +218,6 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
     if backend == "ray" or parallel <= 1:
         for i, j in enumerate(todo, 1):
             if not ready(j):
-                from data_prep.errors import UserError
-
                 raise UserError(f"{j.path} needs {list(j.deps)}, which is not finished (no {DONE})")
             t0 = time.perf_counter()
             run_job(j, str(root), backend, device, threads if backend == "local" else 1)
@@ -255,8 +250,6 @@ def check_same_study(old: dict, new: dict, path: Path) -> None:
     """A rerun continues the study in its folder: same settings, except that it may add seeds, finetune sizes
     or arms (the finished jobs are kept and the tables pool them). Anything else is refused (a setting the
     recorded study predates counts as the same when it is at its default)."""
-    from data_prep.errors import UserError
-
     o, n = dict(old["config"]), dict(new["config"])
     defaults = json.loads(json.dumps(StudyConfig().to_dict()))
     for key in set(n) - set(o):  # a setting added to StudyConfig since, left at its default, is no difference
