@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "demo": "the end-to-end demo on the phantom cohort",
     "reproduce": "the paper's table: floor, scratch, CCL, ceiling over seeds on a phantom cohort, with CIs",
     "study": "does CCL pretraining help? every arm at finetune sizes n over seeds/folds, phantom or --src, with CIs",
+    "study-pool": "one report of several study folders (e.g. seeds run apart): tables, figure, paired CIs",
 }
 
 
@@ -53,7 +54,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 # commands whose --out is a local path (the others also take s3:// and other fsspec URLs)
-LOCAL_OUT = ("phantom", "regressor", "evaluate", "export", "tune", "demo", "reproduce", "study")
+LOCAL_OUT = ("phantom", "regressor", "evaluate", "export", "tune", "demo", "reproduce", "study", "study-pool")
 
 
 def check_out(command: str, out) -> str | None:
@@ -72,7 +73,7 @@ def check_out(command: str, out) -> str | None:
 
 
 def _module(name: str):
-    return importlib.import_module(f"cclray.commands.{name}")
+    return importlib.import_module(f"cclray.commands.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:

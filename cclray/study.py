@@ -246,21 +246,26 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
 
 
 # ------------------------------------------------------------------------------------------------ study
+GROWS = ("seeds", "finetune_sizes", "arms")  # what a rerun in the same folder may add to
+
+
+def comparable(recorded: dict) -> dict:
+    """A recorded ``study_config.json`` without what a rerun may grow (:data:`GROWS`), and with the settings it
+    predates at their defaults: two studies whose ``comparable`` forms are equal share a cohort, splits and recipe."""
+    defaults = json.loads(json.dumps(StudyConfig().to_dict()))
+    cfg = {**defaults, **recorded["config"]}
+    for key in GROWS:
+        cfg.pop(key, None)
+    return {**recorded, "config": cfg}
+
+
 def check_same_study(old: dict, new: dict, path: Path) -> None:
     """A rerun continues the study in its folder: same settings, except that it may add seeds, finetune sizes
     or arms (the finished jobs are kept and the tables pool them). Anything else is refused (a setting the
     recorded study predates counts as the same when it is at its default)."""
-    o, n = dict(old["config"]), dict(new["config"])
-    defaults = json.loads(json.dumps(StudyConfig().to_dict()))
-    for key in set(n) - set(o):  # a setting added to StudyConfig since, left at its default, is no difference
-        if n[key] == defaults.get(key):
-            n.pop(key)
-    grows = ("seeds", "finetune_sizes", "arms")
-    shrunk = [k for k in grows if not set(o.get(k, ())) <= set(n.get(k, ()))]
-    for k in grows:
-        o.pop(k, None), n.pop(k, None)
-    if {**old, "config": o} != {**new, "config": n} or shrunk:
-        recorded = {k: old["config"].get(k) for k in grows}
+    shrunk = [k for k in GROWS if not set(old["config"].get(k, ())) <= set(new["config"].get(k, ()))]
+    if comparable(old) != comparable(new) or shrunk:
+        recorded = {k: old["config"].get(k) for k in GROWS}
         raise UserError(f"{path.parent} holds a study with other settings ({path}): use another --out, or delete "
                         f"the folder to start again (a rerun may only add seeds, finetune sizes or arms to {recorded})")
 

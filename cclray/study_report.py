@@ -90,17 +90,23 @@ def render_questions(answers: dict) -> str:
 
 
 def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
-    """Write ``table.md`` and ``study.png``; return ``{"by_n": {n: {view: aggregate}}, "questions": {n: ...}}``
-    (the questions of :data:`QUESTIONS` on the primary view)."""
+    """Write ``table.md`` and ``study.png`` of the finished evaluations among ``jobs``; return
+    ``{"by_n": {n: {view: aggregate}}, "questions": {n: ...}}`` (the questions of :data:`QUESTIONS` on the
+    primary view)."""
+    return write_tables(out, cfg, collect(out, jobs))
+
+
+def write_tables(out: Path, cfg: StudyConfig, rows: dict[int, dict[int, list[dict]]], note: str = "") -> dict:
+    """:func:`write_report` from ``{n: {seed: metrics rows}}`` (one study's, or several pooled:
+    :mod:`cclray.study_pool`); ``note`` is a line under the heading."""
     from cclray.reproduce import aggregate, render_table
 
-    rows = collect(out, jobs)
     by_n = {n: {f"{m}/{r}": aggregate(rows[n], m, r) for m, r in VIEWS
                 if any(x["method"] == m and x["region"] == r for s in rows[n].values() for x in s)}
             for n in sorted(rows)}
     lines = ["# Study: CCL pretraining vs training from scratch", "",
              "Primary endpoint (declared before the runs): T1w SSIM, method `masked`, whole brain, test subjects. "
-             "Everything else is secondary.", "",
+             "Everything else is secondary.", "", *([note, ""] if note else []),
              f"Design: {cfg.folds} fold(s), seeds {list(cfg.seeds)}, finetune sizes n = {list(cfg.finetune_sizes)}; "
              f"{cfg.spacing:g} mm, widths {list(cfg.widths)}, {cfg.patch}³ patches, batch {cfg.batch}; "
              f"pretraining {cfg.pretrain_steps} steps, finetuning {cfg.finetune_steps} steps "
