@@ -96,6 +96,13 @@ def pool_studies(folders: list[str | os.PathLike], out: str | os.PathLike,
         sources.append(entry)
         say(f"{path}: seeds {entry['seeds']}, n {entry['sizes']}, {entry['evaluations']} finished evaluation(s), "
             f"arms {arms}")
+    for n, by_seed in sorted(rows.items()):  # a seed with fewer test subjects (a fold not evaluated) says so
+        subjects = {seed: {r["subject"] for r in rs} for seed, rs in by_seed.items()}
+        every = set().union(*subjects.values())
+        for seed, have in sorted(subjects.items()):
+            if have != every:
+                say(f"note: seed {seed} at n = {n} ({source[n, seed]}) has {len(have)} of the {len(every)} test "
+                    f"subjects; each of the others is averaged over the seeds that have it")
     if not rows:
         raise UserError(f"no finished evaluation (f*/seed*/n*/evaluation/metrics.csv with {DONE}) in "
                         f"{', '.join(map(str, paths))}: pool the folders once their studies have evaluated")

@@ -53,6 +53,11 @@ def test_pooled_folders_average_each_subjects_seeds_before_pairing(tmp_path):
     assert pool["folders"][1]["arms"] == ["Baseline", "CCL", "CCL-inputs"]
     assert json.loads((tmp_path / "pooled/results.json").read_text())["pooled_from"][0]["folder"] == str(a)
     assert any("0 finished evaluation(s)" in s for s in said)
+    assert not any(s.startswith("note:") for s in said)
+    make_study(tmp_path / "d", 3, [0.01, 0.01])  # one test subject short (a fold never evaluated)
+    said.clear()
+    pool_studies([a, b, tmp_path / "d"], tmp_path / "pooled2", say=said.append)
+    assert any(s.startswith("note: seed 3 at n = 2") and "has 2 of the 3 test subjects" in s for s in said), said
 
 
 @pytest.mark.parametrize("case, words", [
