@@ -12,7 +12,8 @@ per subject and setting:
    eighth of recipe 1's Chambolle 0.1: docs/METHOD.md has the measurement); outside the brain each component is
    filled with its nearest brain voxel first, so the brain's edge is not pulled toward a background value;
 5. k-means with ``K`` clusters (scikit-learn ``KMeans``, k-means++ init, ``n_init=1``, seeded), fitted on a
-   seeded random subsample of at most 200 000 brain voxels, then ``predict`` on every brain voxel;
+   seeded random subsample of at most 200 000 brain voxels, then ``predict`` on every brain voxel (PCA and
+   k-means on one BLAS/OpenMP thread, so a map is the same whichever thread count prepared the store);
 6. relabel the clusters 1..K in a canonical order (centres sorted by PC1, then PC2, ...); 0 outside the brain.
 
 Deviation kept: the authors cluster the whole volume, background included; we cluster brain voxels only. The
@@ -196,6 +197,7 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
     from scipy import ndimage
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
+    from threadpoolctl import threadpool_limits
 
     volumes = np.asarray(volumes)
     mask = np.asarray(mask, dtype=bool)
@@ -215,7 +217,8 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
     denoise = denoise or tv_denoise
     # 1-3: stretch, PCA, one min-max for all components (brain voxels only)
     x = stretch(volumes[(slice(None), *box)][:, m].T)  # (N, C) in [0, 1]
-    pcs = PCA(n_components=n_ch, random_state=seed).fit_transform(x)  # (N, C)
+    with threadpool_limits(limits=1):  # one BLAS/OpenMP thread: the same map whatever the caller's thread count
+        pcs = PCA(n_components=n_ch, random_state=seed).fit_transform(x)  # (N, C)
     if pc_scale not in ("global", "each"):
         raise ValueError(f"constraint_map: pc_scale={pc_scale!r}; use 'global' or 'each'")
     lo, hi = (pcs.min(), pcs.max()) if pc_scale == "global" else (pcs.min(axis=0), pcs.max(axis=0))
@@ -235,8 +238,9 @@ def constraint_map(volumes: np.ndarray, mask: np.ndarray, k: int = 20, seed: int
     # 5: k-means on a seeded subsample, predict all
     rng = np.random.default_rng(seed)
     fit = feats if len(feats) <= fit_samples else feats[np.sort(rng.choice(len(feats), fit_samples, replace=False))]
-    km = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=seed).fit(fit)
-    pred = km.predict(feats)  # (N,) in 0..k-1
+    with threadpool_limits(limits=1):  # k-means' float sums follow its OpenMP chunks: 1 vs 2 threads differed (ARI 0.99997)
+        km = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=seed).fit(fit)
+        pred = km.predict(feats)  # (N,) in 0..k-1
 
     # 6: canonical order: centres sorted by PC1, then PC2, ...; only used clusters get labels
     order = np.lexsort(km.cluster_centers_.T[::-1])  # cluster ids, ascending PC1

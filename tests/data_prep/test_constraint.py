@@ -59,6 +59,38 @@ def test_same_seed_gives_identical_labels():
     assert np.array_equal(a, b)
 
 
+def test_pca_and_kmeans_run_on_one_thread_whatever_the_callers_limit(monkeypatch):
+    """k-means' float sums follow its OpenMP chunks, so its labels depended on the thread count (one real subject,
+    1 vs 2 threads: ARI 0.99997); the map fits on one BLAS/OpenMP thread, whatever the caller allows."""
+    import sklearn.cluster
+    import sklearn.decomposition
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+
+    def recording(cls):
+        class Recorded(cls):
+            def fit(self, *a, **kw):
+                seen.append((cls.__name__, {p["num_threads"] for p in threadpool_info()}))
+                return super().fit(*a, **kw)
+
+            def fit_transform(self, *a, **kw):
+                seen.append((cls.__name__, {p["num_threads"] for p in threadpool_info()}))
+                return super().fit_transform(*a, **kw)
+        return Recorded
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", recording(sklearn.cluster.KMeans))
+    monkeypatch.setattr(sklearn.decomposition, "PCA", recording(sklearn.decomposition.PCA))
+    vols, mask, _ = phantom(noise=0.5)
+    with threadpool_limits(limits=2):
+        two = constraint_map(vols, mask, k=8, seed=3)
+    assert {name for name, _ in seen} == {"KMeans", "PCA"}
+    assert all(threads == {1} for _, threads in seen), seen
+    assert {p["num_threads"] for p in threadpool_info()} != {1} or os.cpu_count() == 1  # the caller's limit is back
+    with threadpool_limits(limits=1):
+        assert np.array_equal(constraint_map(vols, mask, k=8, seed=3), two)
+
+
 @pytest.mark.parametrize("channels, noise, min_ari", [
     # (contrast indices, noise sd in units of 100, ARI vs the planted tissues)
     ([0, 1, 2, 3], 0.0, 0.95),
