@@ -8,9 +8,10 @@ as one study holding all of them would (:func:`cclray.study_report.write_tables`
 first, paired differences per subject with BCa CIs and Wilcoxon p).
 
 Refused, with the folder named: a folder that holds no ``study_config.json``; folders whose studies differ in
-anything but seeds, finetune sizes and arms (cohort, splits, folds, spacing, recipe: :func:`cclray.study.comparable`);
-the same seed at the same n in two folders (its subjects would be counted twice); an output folder that is one
-of the inputs.
+anything but seeds, finetune sizes and arms (cohort, splits, folds, spacing, recipe: :func:`cclray.study.comparable`;
+the data are compared by their stores' fingerprints, so a cohort prepared from another path or on another machine
+pools); the same seed at the same n in two folders (its subjects would be counted twice); an output folder that is
+one of the inputs.
 """
 from __future__ import annotations
 
@@ -50,6 +51,19 @@ def finished_evaluations(folder: Path) -> dict[tuple[int, int], list[Path]]:
     return found
 
 
+def cohort_of(folder: Path, study: dict) -> dict:
+    """The study with its data named by what it holds: each store's fingerprint (subjects, splits, preparation) in
+    place of the source folder's path, so runs of one cohort from different paths or machines pool; the path
+    where the folder holds no store."""
+    from data_prep.store import Store
+
+    study = comparable(study)
+    for key, name in (("src", "store.zarr"), ("test_src", "test_store.zarr")):
+        if (folder / name).exists():
+            study[key] = {"store fingerprint": Store(str(folder / name), mode="r").attrs.get("fingerprint")}
+    return study
+
+
 def differing_settings(a: dict, b: dict) -> list[str]:
     """The names of the settings in which two :func:`comparable` studies differ."""
     keys = sorted(set(a["config"]) | set(b["config"]))
@@ -73,9 +87,9 @@ def pool_studies(folders: list[str | os.PathLike], out: str | os.PathLike,
     if len(set(paths)) != len(paths):
         raise UserError(f"a folder is named twice: {[str(p) for p in paths if paths.count(p) > 1][0]}")
     studies = [read_study(p) for p in paths]
-    first = comparable(studies[0])
+    first = cohort_of(paths[0], studies[0])
     for path, study in zip(paths[1:], studies[1:]):
-        apart = differing_settings(first, comparable(study))
+        apart = differing_settings(first, cohort_of(path, study))
         if apart:
             raise UserError(f"{path} holds a study with other settings than {paths[0]} ({', '.join(apart)}): only "
                             f"studies that differ in seeds, finetune sizes or arms pool (same cohort, splits, recipe)")
@@ -115,6 +129,6 @@ def pool_studies(folders: list[str | os.PathLike], out: str | os.PathLike,
     result = write_tables(out, cfg, rows, note=note)
     result["pooled_from"] = sources
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "pool.json").write_text(json.dumps({"folders": sources, "study": first}, indent=2))
+    (out / "pool.json").write_text(json.dumps({"folders": sources, "study": first}, indent=2, default=str))
     say("\n" + (out / "table.md").read_text())
     return result

@@ -82,6 +82,24 @@ def test_folders_that_do_not_pool_are_refused_with_the_folder_named(tmp_path, ca
     assert not (tmp_path / "pooled/table.md").exists()  # nothing half-written
 
 
+def test_the_data_are_compared_by_store_fingerprint_not_by_source_path(tmp_path):
+    from cclray.study_pool import pool_studies
+    from data_prep.store import Store
+
+    def study(name, seed, src, fingerprint):
+        folder = make_study(tmp_path / name, seed, [0.1, 0.0])
+        recorded = json.loads((folder / "study_config.json").read_text())
+        (folder / "study_config.json").write_text(json.dumps({**recorded, "src": src}))
+        Store.create(str(folder / "store.zarr"), {}).update_attrs(fingerprint=fingerprint)
+        return folder
+
+    a, b = study("a", 0, "/data/brats", "f00d"), study("b", 1, "/mnt/other/brats", "f00d")
+    assert pool_studies([a, b], tmp_path / "pooled", say=lambda s: None)["by_n"][2]["masked/brain"]["seeds"] == [0, 1]
+    c = study("c", 2, "/data/brats", "beef")  # the same path, other data
+    with pytest.raises(UserError, match="other settings than .* \\(src\\)"):
+        pool_studies([a, c], tmp_path / "pooled2", say=lambda s: None)
+
+
 def test_the_command_pools_and_reports_a_bad_folder_as_an_error(tmp_path, capsys):
     from cclray.cli import main
 
