@@ -62,25 +62,16 @@ def test_same_seed_gives_identical_labels():
 def test_pca_and_kmeans_run_on_one_thread_whatever_the_callers_limit(monkeypatch):
     """k-means' float sums follow its OpenMP chunks, so its labels depended on the thread count (one real subject,
     1 vs 2 threads: ARI 0.99997); the map fits on one BLAS/OpenMP thread, whatever the caller allows."""
-    import sklearn.cluster
-    import sklearn.decomposition
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
-
-    def recording(cls):
-        class Recorded(cls):
-            def fit(self, *a, **kw):
-                seen.append((cls.__name__, {p["num_threads"] for p in threadpool_info()}))
-                return super().fit(*a, **kw)
-
-            def fit_transform(self, *a, **kw):
-                seen.append((cls.__name__, {p["num_threads"] for p in threadpool_info()}))
-                return super().fit_transform(*a, **kw)
-        return Recorded
-
-    monkeypatch.setattr(sklearn.cluster, "KMeans", recording(sklearn.cluster.KMeans))
-    monkeypatch.setattr(sklearn.decomposition, "PCA", recording(sklearn.decomposition.PCA))
+    for cls, name in ((KMeans, "fit"), (PCA, "fit_transform")):
+        def recorded(self, *a, _original=getattr(cls, name), **kw):
+            seen.append((type(self).__name__, {p["num_threads"] for p in threadpool_info()}))
+            return _original(self, *a, **kw)
+        monkeypatch.setattr(cls, name, recorded)
     vols, mask, _ = phantom(noise=0.5)
     with threadpool_limits(limits=2):
         two = constraint_map(vols, mask, k=8, seed=3)
