@@ -170,6 +170,36 @@ def render_table(result: dict, published: dict | None = None) -> str:
             cells = [format_ci(d.get(c, {}).get(m, {}), 2 if m == "psnr" else 3, signed=True)
                      for c in CONTRASTS for m in ("ssim", "psnr")]
             lines.append(f"| {arm} − Baseline | " + " | ".join(cells) + " |")
+        if len(result["seeds"]) >= MIN_SEEDS_FOR_SPREAD:
+            lines += ["", render_over_seeds([(f"{a} − Baseline", {c: v["ssim"] for c, v in d.items()})
+                                             for a, d in result["minus_baseline"].items()])]
+    return "\n".join(lines) + "\n"
+
+
+MIN_SEEDS_FOR_SPREAD = 3  # below it a t CI over seeds says little (2 seeds: t = 12.7)
+
+
+def render_over_seeds(rows: Sequence[tuple[str, dict]]) -> str:
+    """A table of paired SSIM differences at the seed level: ``rows`` are ``(label, {contrast: paired_difference})``;
+    per contrast each seed's mean difference over subjects, then their mean [Student-t 95 % CI over seeds]."""
+    from cclray.evaluation.stats import format_ci
+
+    def seeds(d: dict) -> str:
+        per = d.get("over_seeds", {}).get("per_seed", {})
+        return ", ".join(f"{v:+.3f}" for v in per.values()) or "–"
+
+    head = " | ".join(f"{c[:2].upper()}w SSIM {w}" for c in CONTRASTS for w in ("per seed", "over seeds"))
+    named = sorted({s for _, by_c in rows for c in CONTRASTS
+                    for s in (by_c.get(c) or {}).get("over_seeds", {}).get("per_seed", {})})
+    lines = [f"Over training seeds {named} (each seed's mean paired difference over its subjects, in that order, "
+             "then their mean [Student-t 95 % CI over seeds]): the run-to-run spread that the subject CIs leave "
+             "out.", "",
+             f"| paired difference | {head} |", "|" + "---|" * (1 + 2 * len(CONTRASTS))]
+    for label, by_contrast in rows:
+        cells = [x for c in CONTRASTS
+                 for x in (seeds(by_contrast.get(c) or {}),
+                           format_ci((by_contrast.get(c) or {}).get("over_seeds", {}), signed=True))]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

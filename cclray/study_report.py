@@ -6,6 +6,8 @@ per subject first) with a BCa bootstrap 95 % CI, and every arm's paired differen
 and Wilcoxon p. The primary endpoint (T1w SSIM, ``masked``, brain) comes first; tumour and BraSyn-style
 views follow as secondary. On the primary view, :func:`answer_questions` pairs the arms the design compares
 with each other rather than with Baseline (:data:`QUESTIONS`: CCL − Baseline-matched, Probe-CCL − Probe-random, ...).
+With three or more seeds each paired table is followed by its seed-level one (each seed's mean difference, then
+their mean with a t CI over seeds: :func:`cclray.evaluation.stats.over_seeds`).
 """
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def write_report(out: Path, cfg: StudyConfig, jobs: list[Job]) -> dict:
 def write_tables(out: Path, cfg: StudyConfig, rows: dict[int, dict[int, list[dict]]], note: str = "") -> dict:
     """:func:`write_report` from ``{n: {seed: metrics rows}}`` (one study's, or several pooled:
     :mod:`cclray.study_pool`); ``note`` is a line under the heading."""
-    from cclray.reproduce import aggregate, render_table
+    from cclray.reproduce import MIN_SEEDS_FOR_SPREAD, aggregate, render_over_seeds, render_table
 
     by_n = {n: {f"{m}/{r}": aggregate(rows[n], m, r) for m, r in VIEWS
                 if any(x["method"] == m and x["region"] == r for s in rows[n].values() for x in s)}
@@ -119,6 +121,8 @@ def write_tables(out: Path, cfg: StudyConfig, rows: dict[int, dict[int, list[dic
             if key == "masked/brain" and questions[n]:
                 lines += ["Arm against arm (the design's other questions; same view, paired as above):", "",
                           render_questions(questions[n]), ""]
+                if len(view["seeds"]) >= MIN_SEEDS_FOR_SPREAD:
+                    lines += [render_over_seeds([(k, a) for k, a in questions[n].items()]), ""]
     lines += ["Arms:", *[f"- {a}: {ARM_NOTES[a]}" for a in ARMS if a in cfg.arms]]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     if by_n:

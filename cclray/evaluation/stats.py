@@ -5,7 +5,11 @@ averaged over the seeds (the seeds are repeated measurements of one subject, not
 
 - :func:`mean_ci`: the mean over subjects with a BCa bootstrap 95 % CI (``scipy.stats.bootstrap``);
 - :func:`paired_difference`: per subject the mean over seeds of ``b - a`` (same seed, same subject),
-  then its mean, BCa 95 % CI and the Wilcoxon signed-rank p (``scipy.stats.wilcoxon``, two-sided).
+  then its mean, BCa 95 % CI and the Wilcoxon signed-rank p (``scipy.stats.wilcoxon``, two-sided);
+- :func:`over_seeds`: the other level. A subject CI leaves out how much a second training run moves the whole
+  difference (the same seed on another thread count can flip its sign); with several seeds, each seed's mean
+  difference over its subjects, then their mean with a t-based 95 % CI over seeds (``paired_difference``
+  carries it as ``over_seeds``).
 
 Non-finite values (PSNR ``inf`` of a perfect prediction) are left out before averaging.
 """
@@ -57,32 +61,52 @@ def mean_ci(values: Mapping[str, Sequence[float]], seed: int = 0) -> dict:
     return {"mean": float(x.mean()), "ci": list(_ci(x, seed)), "n": int(x.size)}
 
 
+def over_seeds(per_seed: Mapping[int, float]) -> dict:
+    """``{seed: that seed's mean difference over subjects}`` -> ``{"mean", "ci": [lo, hi], "n", "per_seed"}``: the
+    mean over seeds with a Student-t 95 % CI (``n - 1`` degrees of freedom; ``nan`` below 2 seeds)."""
+    x = np.asarray([v for v in per_seed.values() if math.isfinite(v)], np.float64)
+    out = {"mean": math.nan, "ci": [math.nan, math.nan], "n": int(x.size), "per_seed": dict(per_seed)}
+    if not x.size:
+        return out
+    out["mean"] = float(x.mean())
+    if x.size >= 2:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+        out["ci"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
 def paired_difference(a: Mapping[str, Mapping[int, float]], b: Mapping[str, Mapping[int, float]],
                       seed: int = 0) -> dict:
     """Paired ``b - a``: ``a``/``b`` are ``{subject: {seed: value}}``; pairs need the same subject and seed.
 
-    Returns ``{"mean", "ci": [lo, hi], "p", "n", "n_pairs", "per_subject": {subject: mean diff}}``; ``p`` is
-    the two-sided Wilcoxon signed-rank p over the per-subject differences (``nan`` when all are 0 or n < 2).
+    Returns ``{"mean", "ci": [lo, hi], "p", "n", "n_pairs", "per_subject": {subject: mean diff}, "over_seeds"}``;
+    ``p`` is the two-sided Wilcoxon signed-rank p over the per-subject differences (``nan`` when all are 0 or
+    n < 2); ``over_seeds`` is :func:`over_seeds` of each seed's mean difference over its paired subjects.
     """
     diffs: dict[str, list[float]] = {}
+    by_seed: dict[int, list[float]] = {}
     for sid in a:
         for s, va in a[sid].items():
             vb = b.get(sid, {}).get(s)
             if vb is not None and math.isfinite(va) and math.isfinite(vb):
                 diffs.setdefault(sid, []).append(vb - va)
+                by_seed.setdefault(s, []).append(vb - va)
+    seeds = over_seeds({s: float(np.mean(v)) for s, v in sorted(by_seed.items())})
     per_subject = subject_means(diffs)
     d = np.asarray(list(per_subject.values()), np.float64)
     n_pairs = sum(len(v) for v in diffs.values())
     if not d.size:
         return {"mean": math.nan, "ci": [math.nan, math.nan], "p": math.nan, "n": 0, "n_pairs": 0,
-                "per_subject": {}}
+                "per_subject": {}, "over_seeds": seeds}
     p = math.nan
     if d.size >= 2 and np.any(d != 0):
         from scipy.stats import wilcoxon
 
         p = float(wilcoxon(d).pvalue)
     return {"mean": float(d.mean()), "ci": list(_ci(d, seed)), "p": p, "n": int(d.size), "n_pairs": n_pairs,
-            "per_subject": per_subject}
+            "per_subject": per_subject, "over_seeds": seeds}
 
 
 def format_ci(stat: Mapping, decimals: int = 3, signed: bool = False) -> str:

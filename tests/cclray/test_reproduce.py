@@ -33,6 +33,17 @@ def test_aggregate_means_cis_and_paired_difference():
     assert "| CCL | 0.685 [" in table and "| CCL − Baseline | +0.100 [+0.100, +0.100], p = " in table
 
 
+def test_three_seeds_add_the_over_seeds_table_two_do_not():
+    two = {s: _rows({"Baseline": 0.5, "CCL": 0.6 + 0.01 * s}, seed_shift=0.1 * s) for s in (0, 1)}
+    assert "Over training seeds" not in render_table(aggregate(two))
+    three = {**two, 2: _rows({"Baseline": 0.5, "CCL": 0.5}, seed_shift=0.2)}  # seed 2: CCL − Baseline = 0
+    table = render_table(aggregate(three))
+    assert "Over training seeds [0, 1, 2]" in table
+    # per seed +0.100, +0.110, +0.000 (T1w); T2w is 1.0 everywhere; over seeds +0.070 [t CI], not a point
+    row = next(line for line in table.splitlines() if line.startswith("| CCL − Baseline | +0.100, +0.110, +0.000"))
+    assert "| +0.070 [-0." in row and "| +0.000, +0.000, +0.000 | +0.000 [+0.000, +0.000] |" in row
+
+
 def test_per_subject_points_figure(tmp_path):
     from cclray.evaluation.figure import draw_arms
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cclray.evaluation.stats import format_ci, mean_ci, paired_difference, subject_means
+from cclray.evaluation.stats import format_ci, mean_ci, over_seeds, paired_difference, subject_means
 
 
 def test_subject_means_average_seeds_and_drop_inf():
@@ -52,3 +52,29 @@ def test_mean_ci_and_format():
     assert format_ci({"mean": 0.004, "ci": [-0.001, 0.01], "p": 0.0123, "n": 10}, signed=True) \
         == "+0.004 [-0.001, +0.010], p = 0.0123"
     assert format_ci({"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}) == "–"
+
+
+def test_over_seeds_sees_the_run_to_run_spread_that_the_subject_ci_hides():
+    """Every subject moves with its seed (+0.03, 0, -0.015): the subject CI is a point, the seed CI is wide."""
+    from scipy.stats import t
+
+    shift = {0: 0.03, 1: 0.0, 2: -0.015}
+    a = {f"s{i}": {s: 0.5 + 0.01 * i for s in shift} for i in range(8)}
+    b = {sid: {s: v + shift[s] for s, v in seeds.items()} for sid, seeds in a.items()}
+    d = paired_difference(a, b)
+    assert d["mean"] == pytest.approx(0.005) and d["ci"] == pytest.approx([0.005, 0.005])
+    over = d["over_seeds"]
+    assert over["n"] == 3 and over["per_seed"] == pytest.approx(shift) and list(over["per_seed"]) == [0, 1, 2]
+    half = t.ppf(0.975, 2) * np.std(list(shift.values()), ddof=1) / math.sqrt(3)
+    assert over["mean"] == pytest.approx(0.005) and over["ci"] == pytest.approx([0.005 - half, 0.005 + half])
+    assert over["ci"][0] < 0 < over["ci"][1]
+    assert format_ci(over, signed=True) == f"+0.005 [{0.005 - half:+.3f}, {0.005 + half:+.3f}]"
+
+
+def test_over_seeds_needs_two_seeds_for_a_ci_and_skips_unpaired_ones():
+    a = {"s0": {0: 0.5, 1: 0.5}, "s1": {0: 0.6}}
+    b = {"s0": {0: 0.6}, "s1": {0: 0.8, 1: 0.9}}  # seed 1 has no pair: s0 lacks it in b, s1 in a
+    over = paired_difference(a, b)["over_seeds"]
+    assert over["n"] == 1 and over["per_seed"] == pytest.approx({0: 0.15}) and math.isnan(over["ci"][0])
+    assert over_seeds({}) == {"mean": pytest.approx(math.nan, nan_ok=True), "ci": pytest.approx(
+        [math.nan, math.nan], nan_ok=True), "n": 0, "per_seed": {}}

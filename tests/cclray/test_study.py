@@ -144,6 +144,28 @@ def test_the_report_answers_arm_against_arm_questions_paired_by_subject_and_seed
     assert "3/3 > 0" in (tmp_path / "table.md").read_text()
 
 
+def test_with_three_seeds_the_questions_get_a_seed_level_ci_too(tmp_path):
+    from cclray.evaluation.report import write_metrics_csv
+    from cclray.study_plan import Job
+    from cclray.study_report import write_report
+
+    gap = {0: 0.30, 1: 0.10, 2: 0.20}  # Probe-CCL − Probe-random per seed, the same for every subject
+    for seed, g in gap.items():
+        rows = [{"run": arm, "subject": f"s{i}", "contrast": "t1w", "method": "masked", "region": "brain",
+                 "ssim": 0.4 + 0.01 * i + (g if arm == "Probe-CCL" else 0.0), "mse": 0.1, "psnr": 20.0}
+                for arm in ("Baseline", "Probe-CCL", "Probe-random") for i in range(4)]
+        (tmp_path / f"f0/seed{seed}/n2/evaluation").mkdir(parents=True)
+        write_metrics_csv(rows, tmp_path / f"f0/seed{seed}/n2/evaluation/metrics.csv")
+    cfg = PRESETS["smoke"].replace(arms=("Baseline", "CCL", "Probe-CCL", "Probe-random"), seeds=(0, 1, 2))
+    result = write_report(tmp_path, cfg, [Job("evaluate", f"f0/seed{s}/n2/evaluation", {}) for s in gap])
+    over = result["questions"][2]["Probe-CCL − Probe-random"]["t1w"]["over_seeds"]
+    assert over["per_seed"] == pytest.approx(gap) and over["ci"] == pytest.approx([0.2 - 0.2484, 0.2 + 0.2484],
+                                                                                  abs=1e-4)
+    table = (tmp_path / "table.md").read_text()
+    assert table.count("Over training seeds [0, 1, 2]") == 2  # arm − Baseline, and the questions
+    assert "| Probe-CCL − Probe-random | +0.300, +0.100, +0.200 | +0.200 [-0.048, +0.448] |" in table
+
+
 def test_the_figure_shows_each_subjects_own_difference():
     from cclray.study_report import subject_differences
 
