@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from cclray.host import cpu_model  # noqa: E402  (after the path: a checkout need not be installed)
+
 SIZES = ("smoke", "quick", "full")
 DEFAULT_WORK = Path(os.environ.get("CCLRAY_BENCH_WORK", "/tmp/cclray_bench"))
 
@@ -72,16 +74,6 @@ def pick(size: str, smoke, quick, full):
 # ------------------------------------------------------------------------------------ machine
 def loadavg() -> tuple[float, float, float]:
     return tuple(round(x, 2) for x in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cores() -> int:

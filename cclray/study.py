@@ -12,14 +12,15 @@ Backends: ``ray`` trains every job as a Ray Train ``TorchTrainer`` (:func:`cclra
 other; ``local`` trains in this machine's processes without Ray (world size 1, :class:`~cclray.engine.
 LocalContext`), ``parallel`` jobs at once, on ``device`` (``cuda`` when a GPU is there) — the small nets of
 the CPU presets leave most of a GPU idle, so several jobs share one. Each local job gets the machine's cores
-divided by ``parallel`` as torch threads unless ``threads`` pins the count; its ``DONE.json`` records the count,
-because on CPU it changes the numbers (a same-seed rerun is bit-identical only with the same count, on the same
-machine).
+divided by ``parallel`` as torch threads unless ``threads`` pins the count; its ``DONE.json`` records the count
+and the host (:func:`cclray.host.signature`: CPU model and torch's kernel level, or the GPU), because on CPU both
+change the numbers (a same-seed rerun is bit-identical only with the same count on the same kind of CPU); a rerun
+that adds jobs says when the finished ones ran otherwise.
 
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
 primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
 each one in ``wall_seconds_per_invocation``; an interrupted one writes none; ``torch_threads``: how many
-training jobs ran with each thread count), ``study.png`` (primary endpoint vs n, CI bands) and, per
+training jobs ran with each thread count; ``hosts``: on each host), ``study.png`` (primary endpoint vs n, CI bands) and, per
 (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
+from cclray.host import signature
 from cclray.study_plan import INPUTS_CONSTRAINT, PRESETS, Job, StudyConfig, plan, study_splits
 from data_prep.errors import UserError
 
@@ -141,7 +143,8 @@ def run_job(job: Job, root: str, backend: str = "local", device: str = "cpu", th
                           split=spec["split"], out_dir=folder, device=device)
     else:
         raise ValueError(f"unknown job kind {job.kind!r}")
-    done = {"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind, "threads": torch.get_num_threads()}
+    done = {"seconds": round(time.perf_counter() - t0, 1), "kind": job.kind, "threads": torch.get_num_threads(),
+            "host": signature(device)}
     if job.kind == "evaluate":
         done["runs"] = list(spec["runs"])
     (folder / DONE).write_text(json.dumps(done))
@@ -183,17 +186,18 @@ def job_threads(parallel: int = 1, threads: int | None = None) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, parallel))
 
 
-def recorded_threads(jobs: list[Job], root: Path) -> dict[int, int]:
-    """How many finished training jobs ran with each torch thread count (``DONE.json``; older ones did not say)."""
-    counts: dict[int, int] = {}
+def count_recorded(jobs: list[Job], root: Path, key: str) -> dict:
+    """How many finished training jobs recorded each value of ``key`` in ``DONE.json`` (``threads``: the torch
+    thread count, ``host``: :func:`cclray.host.signature`; older jobs did not say)."""
+    counts: dict = {}
     for j in jobs:
         if j.kind in ("pretrain", "finetune"):
             try:
-                n = json.loads((Path(root) / j.path / DONE).read_text()).get("threads")
+                v = json.loads((Path(root) / j.path / DONE).read_text()).get(key)
             except (OSError, ValueError):
                 continue
-            if n is not None:
-                counts[int(n)] = counts.get(int(n), 0) + 1
+            if v is not None:
+                counts[v] = counts.get(v, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -210,11 +214,17 @@ def run_jobs(jobs: list[Job], root: Path, backend: str = "local", device: str = 
     threads = job_threads(parallel, threads)
     say(f"{len(jobs)} jobs, {len(done)} already done, {len(todo)} to run ({backend} backend, {device}, "
         f"{parallel} at a time" + (f", {threads} torch thread(s) each)" if backend == "local" else ")"))
-    other = {n: c for n, c in recorded_threads(jobs, root).items() if n != threads}
+    other = {n: c for n, c in count_recorded(jobs, root, "threads").items() if n != threads}
     if other and todo and backend == "local" and device == "cpu":
         say(f"note: {sum(other.values())} finished training job(s) ran with {', '.join(map(str, other))} torch "
             f"thread(s), these with {threads}: on CPU a job rerun with another count does not match bit for bit "
             f"(pin the count with --threads)")
+    here = signature(device)
+    elsewhere = {h: c for h, c in count_recorded(jobs, root, "host").items() if h != here}
+    if elsewhere and todo:
+        say(f"note: {sum(elsewhere.values())} finished training job(s) ran on {'; '.join(elsewhere)}, these on "
+            f"{here}: a same-seed job run on other kernels does not match bit for bit, and after 2000 steps may "
+            f"differ by as much as the effects compared")
     if backend == "ray" or parallel <= 1:
         for i, j in enumerate(todo, 1):
             if not ready(j):
@@ -327,7 +337,8 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
         add_constraint(store, inputs_spec, workers=cpus)
     run_jobs(jobs, out, backend, device, parallel, say, threads)
     result = write_report(out, cfg, jobs)
-    result["torch_threads"] = recorded_threads(jobs, out)  # {count: training jobs}; what a bit-exact rerun needs
+    result["torch_threads"] = count_recorded(jobs, out, "threads")  # {count: training jobs}; what a bit-exact rerun needs
+    result["hosts"] = count_recorded(jobs, out, "host")  # {host: training jobs}; the other half of it
     # every invocation's wall time, so a rerun that only finishes or re-reports keeps what the first runs took
     runs = [*recorded_wall_seconds(out / "results.json"), round(time.perf_counter() - t0, 1)]
     result.update(wall_seconds=round(sum(runs), 1), wall_seconds_per_invocation=runs)

@@ -261,6 +261,7 @@ def test_bad_settings_are_refused_with_the_fix(over, words):
 
 
 def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_path):
+    from cclray.host import signature
     from cclray.study import DONE, run_study
     from data_prep.errors import UserError
 
@@ -274,7 +275,8 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
     assert (tmp_path / "study.png").stat().st_size > 5000
     assert "T1w SSIM" in (tmp_path / "table.md").read_text()
     assert json.loads((tmp_path / "f0/seed0/n2/ccl" / DONE).read_text()) | {"seconds": 0} == {
-        "kind": "finetune", "threads": 1, "seconds": 0}
+        "kind": "finetune", "threads": 1, "seconds": 0, "host": signature("cpu")}
+    assert result["hosts"] == {signature("cpu"): 4} and signature("cpu").endswith(")")
     first = json.loads((tmp_path / "results.json").read_text())["wall_seconds"]
     said.clear()
     run_study(tmp_path, cfg, backend="local", device="cpu", say=said.append)
@@ -287,12 +289,17 @@ def test_smoke_study_runs_without_ray_resumes_and_refuses_other_settings(tmp_pat
     with pytest.raises(UserError, match="other settings"):
         run_study(tmp_path, cfg.replace(finetune_steps=6), backend="local", device="cpu", say=said.append)
     said.clear()  # adding a seed keeps seed 0's jobs and pools both seeds in the tables
+    done = tmp_path / "f0/seed0/n2/ccl" / DONE  # as if that job had run on another kind of CPU
+    done.write_text(json.dumps({**json.loads(done.read_text()), "host": "Other CPU (AVX2)"}))
     result = run_study(tmp_path, cfg.replace(seeds=(0, 1)), backend="local", device="cpu", parallel=2,
                        say=said.append, threads=2)
     assert any("12 jobs, 6 already done, 6 to run" in s and "2 torch thread(s) each" in s for s in said), said
     assert any("4 finished training job(s) ran with 1 torch thread(s), these with 2" in s for s in said), said
     assert result["by_n"][2]["masked/brain"]["seeds"] == [0, 1]
-    assert json.loads((tmp_path / "results.json").read_text())["torch_threads"] == {"1": 4, "2": 4}
+    assert any("1 finished training job(s) ran on Other CPU (AVX2), these on " in s for s in said), said
+    recorded = json.loads((tmp_path / "results.json").read_text())
+    assert recorded["torch_threads"] == {"1": 4, "2": 4}
+    assert recorded["hosts"] == {"Other CPU (AVX2)": 1, signature("cpu"): 7}
 
 
 def test_job_threads_share_the_cores_unless_pinned(monkeypatch):
