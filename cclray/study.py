@@ -20,8 +20,8 @@ that adds jobs says when the finished ones ran otherwise.
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
 primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
 each one in ``wall_seconds_per_invocation``; an interrupted one writes none; ``torch_threads``: how many
-training jobs ran with each thread count; ``hosts``: on each host), ``study.png`` (primary endpoint vs n, CI bands) and, per
-(fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
+training jobs ran with each thread count; ``hosts``: on each host), ``study.png`` (primary endpoint vs n, CI
+bands) and, per (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
 
@@ -337,8 +337,9 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
         add_constraint(store, inputs_spec, workers=cpus)
     run_jobs(jobs, out, backend, device, parallel, say, threads)
     result = write_report(out, cfg, jobs)
-    result["torch_threads"] = count_recorded(jobs, out, "threads")  # {count: training jobs}; what a bit-exact rerun needs
-    result["hosts"] = count_recorded(jobs, out, "host")  # {host: training jobs}; the other half of it
+    # {thread count: training jobs} and {host: training jobs}: what a bit-exact rerun needs
+    result["torch_threads"] = count_recorded(jobs, out, "threads")
+    result["hosts"] = count_recorded(jobs, out, "host")
     # every invocation's wall time, so a rerun that only finishes or re-reports keeps what the first runs took
     runs = [*recorded_wall_seconds(out / "results.json"), round(time.perf_counter() - t0, 1)]
     result.update(wall_seconds=round(sum(runs), 1), wall_seconds_per_invocation=runs)

@@ -7,7 +7,7 @@ averaged over the seeds (the seeds are repeated measurements of one subject, not
 - :func:`paired_difference`: per subject the mean over seeds of ``b - a`` (same seed, same subject),
   then its mean, BCa 95 % CI and the Wilcoxon signed-rank p (``scipy.stats.wilcoxon``, two-sided);
 - :func:`over_seeds`: the other level. A subject CI leaves out how much a second training run moves the whole
-  difference (the same seed on another thread count can flip its sign); with several seeds, each seed's mean
+  difference (the same seed trained again on another kind of CPU can flip its sign); with several seeds, each seed's mean
   difference over its subjects, then their mean with a t-based 95 % CI over seeds (``paired_difference``
   carries it as ``over_seeds``).
 
