@@ -72,12 +72,20 @@ def prepare_store(out: Path, cfg: StudyConfig, src: str | None, name: str = "sto
 
 
 def write_study_splits(store: str, cfg: StudyConfig, test_store: str | None) -> dict[str, list[str]]:
-    """Write the study's splits into ``store`` (and ``s.test`` = every subject into ``test_store``)."""
+    """Write the study's splits into ``store`` (and ``s.test`` = every subject into ``test_store``). A split name
+    the store already holds with other subjects is refused: another study's runs were trained on it (a store
+    shared through ``--reuse``, or a folder prepared by other code)."""
     from data_prep.store import Store
 
     s = Store(store, mode="r+")
     splits = study_splits(s.subjects(), cfg)
-    s.update_attrs(splits={**(s.attrs.get("splits") or {}), **splits})
+    old = s.attrs.get("splits") or {}
+    clash = sorted(k for k, v in splits.items() if k in old and list(old[k]) != list(v))
+    if clash:
+        raise UserError(f"{store}: split(s) {', '.join(clash)} already hold other subjects than this study's "
+                        f"(the store is shared with a study of other --splits, --sizes or folds): run with the "
+                        f"same settings, or without --reuse in a new --out")
+    s.update_attrs(splits={**old, **splits})
     if test_store:
         t = Store(test_store, mode="r+")
         t.update_attrs(splits={**(t.attrs.get("splits") or {}), "s.test": t.subjects()})
@@ -294,13 +302,17 @@ def recorded_wall_seconds(results: Path) -> list[float]:
 
 def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str | None = None,
               test_src: str | None = None, backend: str = "ray", device: str = "cpu", parallel: int = 1,
-              dry_run: bool = False, say: Callable[[str], None] = print, threads: int | None = None) -> dict:
-    """Run (or continue) the study into ``out``; returns the aggregated results (see the module docstring)."""
+              dry_run: bool = False, say: Callable[[str], None] = print, threads: int | None = None,
+              reuse: tuple[str | os.PathLike, ...] = ()) -> dict:
+    """Run (or continue) the study into ``out``; returns the aggregated results (see the module docstring).
+    ``reuse``: other study folders whose store and finished jobs this one links (:mod:`cclray.study_reuse`)."""
     from cclray.study_report import write_report
+    from cclray.study_reuse import check_others, link_jobs, link_stores, linked
 
     cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
     threads = job_threads(parallel, threads)  # a bad --threads is refused before the store is made
     out = Path(out).expanduser().resolve()
+    others = check_others(reuse, out)  # a bad --reuse is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     recorded = out / "study_config.json"
     wanted = {"config": cfg.to_dict(), "src": src, "test_src": test_src}
@@ -322,10 +334,14 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     if dry_run:
         for j in jobs:
             say(f"  {j.kind:9s} {j.path}" + (f"  <- {', '.join(j.deps)}" if j.deps else ""))
+        if others:
+            say("(--reuse links the store and matching finished jobs when the study runs)")
         return {"jobs": [j.path for j in jobs]}
     recorded.write_text(json.dumps(wanted, indent=2))
     t0 = time.perf_counter()
     cpus = max(1, min(16, os.cpu_count() or 1))
+    if others:
+        link_stores(out, others, cfg, src, test_src, say)
     prepare_store(out, cfg, src, say=say, workers=cpus)
     if test_src:
         prepare_store(out, cfg, test_src, "test_store.zarr", say=say, workers=cpus)
@@ -335,8 +351,11 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
 
         say("constraint map of the inputs only (T1Gd + FLAIR) for the CCL-inputs arm ...")
         add_constraint(store, inputs_spec, workers=cpus)
+    if others:
+        link_jobs(jobs, out, others, say)
     run_jobs(jobs, out, backend, device, parallel, say, threads)
     result = write_report(out, cfg, jobs)
+    result["linked"] = linked(jobs, out)  # job path -> the other folder's run it is a link to
     # {thread count: training jobs} and {host: training jobs}: what a bit-exact rerun needs
     result["torch_threads"] = count_recorded(jobs, out, "threads")
     result["hosts"] = count_recorded(jobs, out, "host")

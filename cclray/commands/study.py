@@ -41,6 +41,11 @@ def add_arguments(p) -> None:
                         "on the same machine (results.json's torch_threads says what it used)")
     p.add_argument("--device", default="auto", help="--local: cpu, cuda or auto (cuda when there is a GPU)")
     p.add_argument("--workers", type=int, help="Ray Train workers per job (Ray backend)")
+    p.add_argument("--reuse", nargs="+", default=(), metavar="STUDY",
+                   help="other study folders to share finished work with: their store when the cohort is the same, "
+                        "and each pretraining or finetuning whose recorded config is one of this study's jobs "
+                        "(linked, not trained again; e.g. a longer finetuning beside a finished study reuses its "
+                        "pretrainings and its Baseline-matched)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
 
 
@@ -79,5 +84,6 @@ def run(args) -> int:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     run_study(args.out, cfg, src=args.src, test_src=args.test_src, backend="local" if args.local else "ray",
-              device=device, parallel=args.parallel, dry_run=args.dry_run, threads=args.threads)
+              device=device, parallel=args.parallel, dry_run=args.dry_run, threads=args.threads,
+              reuse=tuple(args.reuse))
     return 0
