@@ -307,7 +307,7 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
     """Run (or continue) the study into ``out``; returns the aggregated results (see the module docstring).
     ``reuse``: other study folders whose store and finished jobs this one links (:mod:`cclray.study_reuse`)."""
     from cclray.study_report import write_report
-    from cclray.study_reuse import check_others, link_jobs, link_stores, linked
+    from cclray.study_reuse import check_links, check_others, link_jobs, link_stores, linked
 
     cfg = PRESETS[cfg] if isinstance(cfg, str) else cfg
     threads = job_threads(parallel, threads)  # a bad --threads is refused before the store is made
@@ -337,6 +337,7 @@ def run_study(out: str | os.PathLike, cfg: StudyConfig | str = "pilot", src: str
         if others:
             say("(--reuse links the store and matching finished jobs when the study runs)")
         return {"jobs": [j.path for j in jobs]}
+    check_links(jobs, out)
     recorded.write_text(json.dumps(wanted, indent=2))
     t0 = time.perf_counter()
     cpus = max(1, min(16, os.cpu_count() or 1))

@@ -15,7 +15,8 @@ The study's scratch network at 1200 steps is thus its neighbour's Baseline-match
 its config, not its name. Regressors (seconds) and evaluations (they score this study's set of runs) always run
 here. A linked job is a symlink to the other folder's run (``results.json``'s ``linked`` lists them); the other
 folder is only read, except that the shared store gets this study's split names written into it, which
-:func:`cclray.study.write_study_splits` refuses when a name already holds other subjects.
+:func:`cclray.study.write_study_splits` refuses when a name already holds other subjects. Keep the other folder: a
+study whose links point into a folder that is gone stops with the link's name (:func:`check_links`).
 """
 from __future__ import annotations
 
@@ -161,6 +162,17 @@ def link_jobs(jobs, out: Path, others: list[Path], say: Callable[[str], None] = 
     else:
         say(f"reuse: no finished job of {', '.join(map(str, others))} has this study's config")
     return made
+
+
+def check_links(jobs, out: Path) -> None:
+    """Refuse to go on when a linked store or job points into a folder that is gone (a study reused it and it was
+    deleted or moved since): training into a dangling link fails half-way, so say which link and the fix first."""
+    paths = ["store.zarr", "test_store.zarr", *(j.path for j in jobs)]
+    gone = [p for p in paths if (out / p).is_symlink() and not (out / p).exists()]
+    if gone:
+        raise UserError(f"{out / gone[0]} links to {os.readlink(out / gone[0])}, which is gone"
+                        + (f" (and {len(gone) - 1} more link(s))" if len(gone) > 1 else "")
+                        + ": put that study folder back, or delete the link(s) to make them here")
 
 
 def linked(jobs, out: Path) -> dict[str, str]:

@@ -10,7 +10,16 @@ import pytest
 from cclray.config import stage_config
 from cclray.runs import write_run_config
 from cclray.study_plan import PRESETS, plan
-from cclray.study_reuse import check_others, finished_runs, identity, job_identity, link_jobs, link_stores, same_cohort
+from cclray.study_reuse import (
+    check_links,
+    check_others,
+    finished_runs,
+    identity,
+    job_identity,
+    link_jobs,
+    link_stores,
+    same_cohort,
+)
 from data_prep.errors import UserError
 
 SMOKE = PRESETS["smoke"].replace(finetune_sizes=(2,), arms=("Baseline", "CCL"))
@@ -162,3 +171,19 @@ def test_a_study_beside_a_finished_one_trains_only_what_is_new(tmp_path):
     assert (new / "store.zarr").resolve() == (old / "store.zarr").resolve()
     assert json.loads((new / "f0/seed0/n2/ccl/config.json").read_text())["config"]["epochs"] == 4
     assert result["by_n"][2]["masked/brain"]["arms"] == ["Baseline", "CCL"]
+
+
+def test_a_link_into_a_folder_that_is_gone_is_named_before_anything_runs(tmp_path):
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    fake_study(old, SMOKE)
+    new.mkdir()
+    link_stores(new, [old], SMOKE, None, None, lambda s: None)
+    jobs = plan(SMOKE, str(new / "store.zarr"))
+    link_jobs(jobs, new, [old], lambda s: None)
+    check_links(jobs, new)  # all there
+    shutil.rmtree(old)
+    with pytest.raises(UserError, match=r"new/store.zarr links to .*old/store.zarr, which is gone \(and 3 more "
+                                        r"link\(s\)\): put that study folder back, or delete the link"):
+        check_links(jobs, new)
