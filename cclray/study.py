@@ -20,7 +20,8 @@ that adds jobs says when the finished ones ran otherwise.
 Outputs: ``table.md`` (per finetune size n: every arm with its CI and its paired difference to Baseline,
 primary endpoint first), ``results.json`` (its ``wall_seconds`` summed over the invocations that reached the report,
 each one in ``wall_seconds_per_invocation``; an interrupted one writes none; ``torch_threads``: how many
-training jobs ran with each thread count; ``hosts``: on each host), ``study.png`` (primary endpoint vs n, CI
+training jobs ran with each thread count; ``hosts``: on each host; ``linked``: each job that is a link to another
+study's run, as ``--reuse`` makes them: :mod:`cclray.study_reuse`), ``study.png`` (primary endpoint vs n, CI
 bands) and, per (fold, seed, n), the evaluation folder with ``metrics.csv`` and the Figure-4-style ``figure.png``.
 """
 from __future__ import annotations
