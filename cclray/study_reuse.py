@@ -25,10 +25,11 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from cclray.runs import CONFIG_FILE
+from cclray.study import DONE  # (cclray.study imports this module only inside run_study)
 from cclray.study_plan import StudyConfig
 from data_prep.errors import UserError
 
-DONE = "DONE.json"
 HOW_IT_RAN = ("num_workers", "use_gpu", "cpus_per_worker")  # spreads a job out; not part of what it computes
 COHORT = ("spacing",)  # and, for the phantom (no src), these:
 PHANTOM_COHORT = ("phantom_version", "n_subjects")
@@ -70,9 +71,9 @@ def finished_runs(other: Path) -> Iterator[tuple[dict, Path]]:
         depth = len(Path(folder).relative_to(other).parts)
         dirs[:] = [] if depth >= MAX_DEPTH else [d for d in dirs if not d.endswith(".zarr")
                                                    and not d.startswith("checkpoint_")]
-        if DONE in files and "config.json" in files:
+        if DONE in files and CONFIG_FILE in files:
             try:
-                recorded = json.loads((Path(folder) / "config.json").read_text())
+                recorded = json.loads((Path(folder) / CONFIG_FILE).read_text())
                 yield identity(recorded["stage"], recorded["config"]), Path(os.path.realpath(folder))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -146,15 +147,17 @@ def link_jobs(jobs, out: Path, others: list[Path], say: Callable[[str], None] = 
         for ident, folder in finished_runs(other):
             index.setdefault(json.dumps(ident, sort_keys=True), folder)
     made: dict[str, str] = {}
-    for job in jobs:
-        here = out / job.path
-        if job.kind not in ("pretrain", "finetune") or here.exists() or here.is_symlink():
-            continue
+    todo = [j for j in jobs if j.kind in ("pretrain", "finetune")
+            and not ((out / j.path).exists() or (out / j.path).is_symlink())]
+    for job in todo:
         target = index.get(json.dumps(job_identity(job.kind, job.spec, out), sort_keys=True))
         if target is not None:
+            here = out / job.path
             here.parent.mkdir(parents=True, exist_ok=True)
             here.symlink_to(target, target_is_directory=True)
             made[job.path] = str(target)
+    if not todo:  # a rerun: every training job is here or linked already
+        return made
     if made:
         kinds = {k: sum(j.path in made and j.kind == k for j in jobs) for k in ("pretrain", "finetune")}
         say(f"reuse: {len(made)} finished job(s) linked from {', '.join(map(str, others))} "
